@@ -46,6 +46,8 @@ class RunSpec:
     timeout_s: float
     setup: str | None = None
     description: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # the editable files' content (sim fleets read knobs from it)
+    seed: int = 0
 
 
 @dataclass
