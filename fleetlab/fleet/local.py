@@ -1,0 +1,355 @@
+"""The local fleet: runs as subprocesses of this machine, one per slot (a CPU slot or a GPU).
+
+Every run goes through `fleetlab.fleet._wrapper`, started in a session of its own so that it outlives the orchestrator.
+The wrapper owns the run: it starts the command in its own process group, enforces the timeout and writes
+`.fleetlab_run.json` / `.fleetlab_exit.json` into the run directory. This executor only launches wrappers and reads
+those files and `run.log`; a restarted orchestrator re-attaches to runs from the same files.
+
+    local:N      N CPU slots (workers local-0..N-1, hardware "cpu"; GPUs hidden from the runs)
+    local:gpus   one slot per visible GPU (nvidia-smi, honouring CUDA_VISIBLE_DEVICES); each run sees only its GPU
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fleetlab.errors import ConfigError, ExecutorError, SetupFailed
+from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
+from fleetlab.fleet._wrapper import EXIT_FILE, RUN_FILE
+
+LOG_FILE = "run.log"
+WRAPPER_MODULE = "fleetlab.fleet._wrapper"
+# Thread pools of the usual numeric libraries, each limited to `threads_per_slot` so N slots share the CPUs fairly.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
+MAX_PARTIAL_LINE = 64 * 1024  # a line longer than this (e.g. a progress bar redrawn with \r) is passed on in pieces
+CANCEL_WAIT_S = 3.0  # how long cancel waits for the wrapper to write its exit file before killing it outright
+# The directory that holds the fleetlab package: the wrapper is started there so `-m` finds it without site-packages.
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPUs
+
+
+def gpu_label(name: str) -> str:
+    """A hardware class from an nvidia-smi GPU name: "NVIDIA H100 80GB HBM3" -> "H100", "NVIDIA GeForce RTX 4090" ->
+    "RTX 4090", "NVIDIA A100-SXM4-80GB" -> "A100", "Tesla V100-SXM2-16GB" -> "V100", "NVIDIA RTX A6000" -> "RTX A6000"."""
+    words = [w for w in name.replace("-", " ").split() if w not in ("NVIDIA", "GeForce", "Tesla", "Quadro")]
+    if not words:
+        return "gpu"
+    if words[0] in ("RTX", "GTX", "TITAN") and len(words) > 1:
+        keep = words[:2] + [w for w in words[2:3] if w in ("Ti", "SUPER", "Ada")]
+        return " ".join(keep)
+    return words[0]
+
+
+def detect_gpus(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The visible GPUs as (CUDA_VISIBLE_DEVICES value, hardware label), in nvidia-smi's (PCI bus) order.
+
+    CUDA_VISIBLE_DEVICES, when set, chooses the GPUs (by index or UUID; "" or "-1" means none); nvidia-smi names them.
+    """
+    env = os.environ if env is None else env
+    rows: list[tuple[str, str, str]] = []  # (index, uuid, name)
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=index,uuid,name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30, env=dict(env)).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split(",", 2)]
+            if len(parts) == 3 and parts[0].isdigit():
+                rows.append((parts[0], parts[1], parts[2]))
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [(index, gpu_label(name)) for index, _, name in rows]
+    gpus = []
+    for token in (t.strip() for t in visible.split(",")):
+        if not token or token.startswith("-"):
+            break  # CUDA stops at the first invalid entry too
+        name = next((n for i, u, n in rows if token in (i, u)), "")
+        gpus.append((token, gpu_label(name) if name else "gpu"))
+    return gpus
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the executor
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_wrapper(pid: int | None, workdir: str) -> bool:
+    """True if pid is alive and is the wrapper of this workdir (a reused pid, or a zombie, has another cmdline)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not Path("/proc").is_dir()  # no procfs (macOS): the pid being alive is all we can check
+    return WRAPPER_MODULE.encode() in args and workdir.encode() in args
+
+
+def _killpg(pgid: int | None, sig: int) -> None:
+    if pgid:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class _Tail:
+    """What poll remembers about one run: the open log, the bytes of an unfinished last line, whether it was reported."""
+
+    def __init__(self) -> None:
+        self.log = None  # binary file object, opened once the log exists
+        self.partial = b""
+        self.reported = False
+        self.cancelled = False
+
+
+class LocalExecutor(Executor):
+    """Runs experiments as wrapped subprocesses on this machine: `slots` CPU slots, or one slot per GPU in `gpus`.
+
+    `gpus` are CUDA_VISIBLE_DEVICES values (indices or UUIDs); their hardware labels come from nvidia-smi.
+    `state_dir` is where the executor's own files go (setup.log); default `<project_root>/.fleetlab`.
+    """
+
+    name = "local"
+    SUPPORTS = frozenset({"reattach", "early_stop"})
+
+    def __init__(self, slots: int | None = None, gpus: list[str] | None = None, threads_per_slot: int = 1,
+                 state_dir: Path | None = None, grace_s: float = 5.0):
+        if gpus:
+            labels = dict(detect_gpus())
+            self._workers = [Worker(f"local-gpu{g}", hardware=labels.get(str(g), "gpu")) for g in gpus]
+            self._gpu = {w.id: str(g) for w, g in zip(self._workers, gpus)}
+        else:
+            slots = 1 if slots is None else slots
+            if not isinstance(slots, int) or slots < 1:
+                raise ConfigError(f"a local fleet needs at least one slot, not {slots!r}", key="fleet")
+            self._workers = [Worker(f"local-{i}", hardware="cpu") for i in range(slots)]
+            self._gpu = {}
+        if threads_per_slot < 1:
+            raise ConfigError(f"threads_per_slot must be at least 1, not {threads_per_slot!r}", key="threads_per_slot")
+        self.threads_per_slot = threads_per_slot
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.grace_s = grace_s
+        self._procs: dict[int, subprocess.Popen] = {}  # wrapper pid -> Popen, for the wrappers this instance started
+        self._tails: dict[tuple[str, int], _Tail] = {}
+        self._prepared = False
+
+    @classmethod
+    def from_spec(cls, spec: str, project_root: Path | None = None, **kw: Any) -> "LocalExecutor":
+        """`local`, `local:N` or `local:gpus`."""
+        _, _, arg = spec.partition(":")
+        arg = arg.strip().lower()
+        if project_root is not None and kw.get("state_dir") is None:
+            kw["state_dir"] = Path(project_root) / ".fleetlab"
+        if arg == "gpus":
+            gpus = detect_gpus()
+            if not gpus:
+                why = ("CUDA_VISIBLE_DEVICES hides them all" if os.environ.get("CUDA_VISIBLE_DEVICES") is not None
+                       else "nvidia-smi found none" if shutil.which("nvidia-smi") else "nvidia-smi is not installed")
+                raise ExecutorError(f"--fleet local:gpus found no GPU on this machine ({why}); use local:N for N CPU "
+                                    f"slots instead")
+            return cls(gpus=[g for g, _ in gpus], **kw)
+        if arg == "":
+            return cls(slots=1, **kw)
+        if not arg.isdigit() or int(arg) < 1:
+            raise ConfigError(f"--fleet {spec!r} is not valid: use local:N with N a whole number of slots of at "
+                              f"least 1, or local:gpus", key="fleet")
+        return cls(slots=int(arg), **kw)
+
+    # -- the interface -------------------------------------------------------------------------------------------------
+
+    def workers(self) -> list[Worker]:
+        return list(self._workers)
+
+    def prepare(self, project_root: Path, setup: str | None) -> None:
+        """Run the setup command once, in project_root, with its output in `.fleetlab/setup.log`."""
+        if self._prepared or not setup:
+            self._prepared = True
+            return
+        state_dir = self.state_dir or Path(project_root) / ".fleetlab"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log = state_dir / "setup.log"
+        with open(log, "wb") as out:
+            rc = subprocess.run(["/bin/sh", "-c", setup], cwd=project_root, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=self._env({}, None)).returncode
+        if rc != 0:
+            raise SetupFailed(f"the setup command {setup!r} failed with exit code {rc}; see {log}", worker_id="local")
+        self._prepared = True
+
+    def submit(self, spec: RunSpec, worker: Worker) -> Handle:
+        if worker.id not in {w.id for w in self._workers}:
+            raise ExecutorError(f"worker {worker.id!r} is not part of this local fleet")
+        workdir = Path(spec.workdir).resolve()
+        if not workdir.is_dir():
+            raise ExecutorError(f"the run directory {workdir} of {spec.experiment_id} does not exist")
+        for stale in (EXIT_FILE, RUN_FILE):  # left by an earlier attempt of the same experiment
+            (workdir / stale).unlink(missing_ok=True)
+        if (workdir / LOG_FILE).exists():
+            os.replace(workdir / LOG_FILE, workdir / f"{LOG_FILE}.prev")
+        argv = [sys.executable, "-E", "-S", "-m", WRAPPER_MODULE, "--workdir", str(workdir),
+                "--timeout", repr(float(spec.timeout_s or 0)), "--grace", repr(float(self.grace_s)), "--", spec.command]
+        env = self._env(spec.env, self._gpu.get(worker.id, ""))
+        started_at = time.time()
+        try:
+            with open(workdir / LOG_FILE, "ab") as log:
+                proc = subprocess.Popen(argv, cwd=PACKAGE_PARENT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            raise ExecutorError(f"could not start {spec.experiment_id} on {worker.id}: {e}") from e
+        self._procs[proc.pid] = proc
+        return Handle(spec.experiment_id, worker.id, {"workdir": str(workdir), "wrapper_pid": proc.pid, "pgid": None,
+                                                      "started_at": started_at, "worker_id": worker.id})
+
+    def poll(self, handles: list[Handle]) -> list[Update]:
+        """New complete output lines and finished runs; a handle with nothing new is left out of the answer."""
+        updates = []
+        for h in handles:
+            tail = self._tail(h)
+            if tail.reported:
+                continue
+            workdir = Path(h.data["workdir"])
+            exit_info = _read_json(workdir / EXIT_FILE)
+            if exit_info is None and not self._wrapper_alive(h):
+                exit_info = _read_json(workdir / EXIT_FILE)  # it may have written the file just before it ended
+                if exit_info is None:
+                    exit_info = {"exit_code": -9} if tail.cancelled else {"infra_failure": "the run's wrapper died"}
+            lines = self._read_lines(tail, workdir, final=exit_info is not None)
+            if exit_info is None:
+                if lines:
+                    updates.append(Update(h.experiment_id, False, lines))
+                continue
+            tail.reported = True
+            if tail.log is not None:
+                tail.log.close()
+            self._procs.pop(h.data.get("wrapper_pid"), None)
+            run_info = _read_json(workdir / RUN_FILE) or {}
+            updates.append(Update(h.experiment_id, True, lines, exit_code=exit_info.get("exit_code"),
+                                  timed_out=bool(exit_info.get("timed_out")),
+                                  infra_failure=exit_info.get("infra_failure"),
+                                  started_at=exit_info.get("started_at") or run_info.get("started_at")
+                                  or h.data.get("started_at"),
+                                  finished_at=exit_info.get("finished_at") or time.time()))
+        return updates
+
+    def logs(self, handle: Handle) -> str:
+        try:
+            return (Path(handle.data["workdir"]) / LOG_FILE).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def cancel(self, handle: Handle) -> None:
+        """Kill the run's process group at once, ask the wrapper to record it, and wait (briefly) until it has."""
+        workdir = Path(handle.data["workdir"])
+        if (workdir / EXIT_FILE).exists():
+            return
+        self._tail(handle).cancelled = True
+        wrapper_pid = handle.data.get("wrapper_pid")
+        if not self._wrapper_alive(handle):
+            return
+        _killpg(self._pgid(handle), signal.SIGKILL)
+        try:
+            os.kill(wrapper_pid, signal.SIGTERM)  # it kills the group too (also when it had no pgid to tell us yet)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline and not (workdir / EXIT_FILE).exists() and self._wrapper_alive(handle):
+            time.sleep(0.005)
+        if self._wrapper_alive(handle) and not (workdir / EXIT_FILE).exists():
+            _killpg(self._pgid(handle), signal.SIGKILL)
+            os.kill(wrapper_pid, signal.SIGKILL)
+
+    def reattach(self, experiment_id: str, data: dict[str, Any]) -> Handle | None:
+        """A handle if the run finished meanwhile (its exit file exists) or its wrapper still runs; else None."""
+        workdir = data.get("workdir")
+        if not workdir:
+            return None
+        exit_file = Path(workdir) / EXIT_FILE
+        # The exit file is looked for again after the wrapper: it may have finished between the two looks.
+        if exit_file.exists() or _is_our_wrapper(data.get("wrapper_pid"), workdir) or exit_file.exists():
+            return Handle(experiment_id, data.get("worker_id", "local"), dict(data))
+        return None
+
+    def close(self) -> None:
+        """Forget the runs; the wrappers keep running by design (a later orchestrator can re-attach)."""
+        for tail in self._tails.values():
+            if tail.log is not None:
+                tail.log.close()
+        self._tails.clear()
+
+    # -- helpers -------------------------------------------------------------------------------------------------------
+
+    def _env(self, extra: dict[str, str], gpu: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({var: str(self.threads_per_slot) for var in THREAD_VARS})
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra)
+        if gpu is not None:  # the slot decides which GPU a run sees ("" = none: a CPU slot's run is labelled "cpu")
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+            if gpu:
+                env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the order nvidia-smi's indices use
+        return env
+
+    def _tail(self, handle: Handle) -> _Tail:
+        key = (handle.experiment_id, handle.data.get("wrapper_pid") or 0)
+        if key not in self._tails:
+            self._tails[key] = _Tail()
+        return self._tails[key]
+
+    def _pgid(self, handle: Handle) -> int | None:
+        if not handle.data.get("pgid"):
+            info = _read_json(Path(handle.data["workdir"]) / RUN_FILE) or {}
+            handle.data["pgid"] = info.get("pgid")
+        return handle.data.get("pgid")
+
+    def _wrapper_alive(self, handle: Handle) -> bool:
+        pid = handle.data.get("wrapper_pid")
+        proc = self._procs.get(pid)
+        if proc is not None:  # our own child: poll() also reaps it, so a finished wrapper never lingers as a zombie
+            return proc.poll() is None
+        return _is_our_wrapper(pid, handle.data["workdir"])
+
+    def _read_lines(self, tail: _Tail, workdir: Path, final: bool) -> tuple[str, ...]:
+        if tail.log is None:
+            try:
+                tail.log = open(workdir / LOG_FILE, "rb", buffering=0)
+            except OSError:
+                return ()
+        data = tail.partial + (tail.log.read() or b"")
+        pieces = data.split(b"\n")
+        tail.partial = pieces.pop()
+        if final or len(tail.partial) > MAX_PARTIAL_LINE:
+            if tail.partial:
+                pieces.append(tail.partial)
+            tail.partial = b""
+        return tuple(p.decode(errors="replace").rstrip("\r") for p in pieces)
