@@ -109,11 +109,18 @@ def _is_our_wrapper(pid: int | None, workdir: str) -> bool:
     """True if pid is alive and is the wrapper of this workdir (a reused pid, or a zombie, has another cmdline)."""
     if not _pid_alive(pid):
         return False
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return not Path("/proc").is_dir()  # no procfs (macOS): the pid being alive is all we can check
-    return WRAPPER_MODULE.encode() in args and workdir.encode() in args
+    if not Path("/proc/self").is_dir():
+        return True  # no procfs (macOS): the pid being alive is all we can check
+    for _ in range(40):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if args or state in (b"Z", b"X"):
+            break
+        time.sleep(0.005)  # a process in the middle of its exec shows an empty cmdline for a moment
+    return WRAPPER_MODULE.encode() in args.split(b"\0") and workdir.encode() in args.split(b"\0")
 
 
 def _killpg(pgid: int | None, sig: int) -> None:

@@ -1,0 +1,367 @@
+"""The local executor with real subprocesses: output, exit codes, timeouts and cancels that kill whole process groups,
+environment, progress lines, re-attaching after an orchestrator restart, GPU slots, bad fleet specs, setup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fleetlab.errors import ConfigError, ExecutorError, SetupFailed, UnknownName
+from fleetlab.fleet import FLEETS, make_executor
+from fleetlab.fleet._base import Handle, RunSpec, Update
+from fleetlab.fleet.local import THREAD_VARS, LocalExecutor, detect_gpus, gpu_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ex():
+    executor = LocalExecutor(slots=2, grace_s=0.3)
+    yield executor
+    executor.close()
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers():
+    """Whatever a test leaves running is killed by the pgids it recorded (never by name)."""
+    started: list[Path] = []
+    yield started
+    for workdir in started:
+        info = _read(workdir / ".fleetlab_run.json")
+        if info:
+            for pid_key, kill in (("pgid", os.killpg), ("wrapper_pid", os.kill)):
+                try:
+                    kill(info[pid_key], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def make_spec(tmp_path: Path, command: str, experiment_id: str = "exp-0001", timeout_s: float = 30,
+              env: dict | None = None) -> RunSpec:
+    workdir = tmp_path / experiment_id
+    workdir.mkdir(exist_ok=True)
+    return RunSpec(experiment_id, workdir, command, env or {}, timeout_s)
+
+
+def submit(ex: LocalExecutor, tmp_path: Path, command: str, worker: int = 0, **kw) -> Handle:
+    return ex.submit(make_spec(tmp_path, command, **kw), ex.workers()[worker])
+
+
+def wait(ex, handle: Handle, timeout_s: float = 10.0) -> tuple[list[str], Update]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for u in ex.poll([handle]):
+            lines.extend(u.lines)
+            if u.finished:
+                return lines, u
+        time.sleep(0.01)
+    raise AssertionError(f"{handle.experiment_id} did not finish within {timeout_s} s")
+
+
+def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    """Dead (a zombie that nobody reaped yet counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# runs
+
+
+def test_run_prints_lines_and_exits_0(ex, tmp_path):
+    h = submit(ex, tmp_path, "echo one; echo two >&2; printf 'val_bpb: 1.5'")
+    assert set(h.data) >= {"workdir", "wrapper_pid", "pgid", "started_at"}
+    lines, u = wait(ex, h)
+    assert lines == ["one", "two", "val_bpb: 1.5"]  # stderr too; the unterminated last line once the run ended
+    assert (u.exit_code, u.timed_out, u.infra_failure) == (0, False, None)
+    assert h.data["started_at"] <= u.started_at <= u.finished_at
+    assert ex.logs(h) == "one\ntwo\nval_bpb: 1.5"
+    workdir = Path(h.data["workdir"])
+    assert _read(workdir / ".fleetlab_run.json").keys() >= {"pid", "pgid", "wrapper_pid", "started_at"}
+    assert _read(workdir / ".fleetlab_exit.json")["exit_code"] == 0
+    assert ex.poll([h]) == []  # reported once
+
+
+def test_exit_code_1_is_reported(ex, tmp_path):
+    lines, u = wait(ex, submit(ex, tmp_path, "echo failing; exit 1"))
+    assert lines == ["failing"] and u.exit_code == 1 and not u.timed_out and u.infra_failure is None
+
+
+def test_timeout_kills_the_run_and_its_children(ex, tmp_path, _kill_leftovers):
+    h = submit(ex, tmp_path, "sleep 60 & echo $! > child.pid; wait", timeout_s=0.5)
+    _kill_leftovers.append(Path(h.data["workdir"]))
+    t0 = time.monotonic()
+    lines, u = wait(ex, h)
+    assert u.timed_out and u.exit_code != 0
+    assert time.monotonic() - t0 < 3
+    assert any("timed out" in line for line in lines)
+    child = int((Path(h.data["workdir"]) / "child.pid").read_text())
+    wait_for(lambda: gone(child), 2)
+
+
+def test_timeout_escalates_to_sigkill_for_a_run_that_ignores_sigterm(ex, tmp_path, _kill_leftovers):
+    h = submit(ex, tmp_path, "trap '' TERM; sleep 60 & echo $! > child.pid; wait", timeout_s=0.3)
+    _kill_leftovers.append(Path(h.data["workdir"]))
+    _, u = wait(ex, h)
+    assert u.timed_out and u.exit_code == -signal.SIGKILL
+    wait_for(lambda: gone(int((Path(h.data["workdir"]) / "child.pid").read_text())), 2)
+
+
+def test_cancel_kills_the_whole_group(ex, tmp_path, _kill_leftovers):
+    h = submit(ex, tmp_path, "sleep 60 & echo $! > child.pid; echo started; wait")
+    workdir = Path(h.data["workdir"])
+    _kill_leftovers.append(workdir)
+    lines: list[str] = []
+    wait_for(lambda: "started" in [line for u in ex.poll([h]) for line in u.lines] or "started" in ex.logs(h))
+    child = int((workdir / "child.pid").read_text())
+    t0 = time.monotonic()
+    ex.cancel(h)
+    assert time.monotonic() - t0 < 1
+    lines, u = wait(ex, h, timeout_s=2)
+    assert u.finished and u.exit_code == -signal.SIGKILL and not u.timed_out and u.infra_failure is None
+    wait_for(lambda: gone(child) and gone(h.data["wrapper_pid"]), 2)
+    assert _read(workdir / ".fleetlab_exit.json")["cancelled"] is True
+
+
+def test_cancel_right_after_submit(ex, tmp_path, _kill_leftovers):
+    h = submit(ex, tmp_path, "sleep 60")
+    _kill_leftovers.append(Path(h.data["workdir"]))
+    ex.cancel(h)  # the wrapper may not have started the command yet
+    _, u = wait(ex, h, timeout_s=3)
+    assert u.finished and u.exit_code != 0 and u.infra_failure is None
+
+
+def test_env_thread_limits_and_workdir_reach_the_run(tmp_path):
+    ex = LocalExecutor(slots=1, threads_per_slot=3)
+    names = [*THREAD_VARS, "PYTHONUNBUFFERED", "FOO", "EXPERIMENT_ID"]
+    command = " ; ".join(f'echo "{n}=${n}"' for n in names) + ' ; echo "CUDA=${CUDA_VISIBLE_DEVICES-unset}"; pwd'
+    h = submit(ex, tmp_path, command, env={"FOO": "bar baz", "EXPERIMENT_ID": "exp-0001"})
+    lines, u = wait(ex, h)
+    assert u.exit_code == 0
+    assert lines[:len(THREAD_VARS)] == [f"{n}=3" for n in THREAD_VARS]
+    assert lines[len(THREAD_VARS):-2] == ["PYTHONUNBUFFERED=1", "FOO=bar baz", "EXPERIMENT_ID=exp-0001"]
+    assert lines[-2] == "CUDA=" and lines[-1] == h.data["workdir"]  # a CPU slot hides the GPUs
+
+
+def test_progress_lines_arrive_before_the_end(ex, tmp_path):
+    h = submit(ex, tmp_path, "echo 'fleetlab: step=1 metric=2.5'; printf 'val_'; "
+                             "while [ ! -f go ]; do sleep 0.01; done; echo 'bpb: 1.0'")
+    seen: list[str] = []
+    wait_for(lambda: bool(seen.extend(line for u in ex.poll([h]) for line in u.lines) or seen))
+    time.sleep(0.1)
+    for u in ex.poll([h]):  # the unfinished line is held back until it ends
+        assert not u.finished
+        seen.extend(u.lines)
+    assert seen == ["fleetlab: step=1 metric=2.5"]
+    (Path(h.data["workdir"]) / "go").touch()
+    lines, u = wait(ex, h)
+    assert lines == ["val_bpb: 1.0"] and u.exit_code == 0
+
+
+def test_resubmit_in_the_same_workdir_ignores_the_earlier_attempt(ex, tmp_path):
+    wait(ex, submit(ex, tmp_path, "echo first"))
+    h = submit(ex, tmp_path, "while [ ! -f go ]; do sleep 0.01; done; echo second")
+    time.sleep(0.2)
+    assert not [u for u in ex.poll([h]) if u.finished]  # the old exit file is gone
+    (Path(h.data["workdir"]) / "go").touch()
+    lines, u = wait(ex, h)
+    assert lines == ["second"] and u.exit_code == 0
+    assert (Path(h.data["workdir"]) / "run.log.prev").read_text() == "first\n"
+
+
+def test_two_slots_run_at_once(ex, tmp_path):
+    a = submit(ex, tmp_path, "sleep 0.5; echo a", experiment_id="exp-0001", worker=0)
+    b = submit(ex, tmp_path, "sleep 0.5; echo b", experiment_id="exp-0002", worker=1)
+    t0 = time.monotonic()
+    assert wait(ex, a)[0] == ["a"] and wait(ex, b)[0] == ["b"]
+    assert time.monotonic() - t0 < 1.0  # one after the other would take 1 s of sleeping alone
+
+
+def test_submit_to_a_foreign_worker_or_missing_workdir_is_refused(ex, tmp_path):
+    from fleetlab.fleet._base import Worker
+
+    with pytest.raises(ExecutorError, match="not part of this local fleet"):
+        ex.submit(make_spec(tmp_path, "true"), Worker("gpu-07", "H100"))
+    with pytest.raises(ExecutorError, match="does not exist"):
+        ex.submit(RunSpec("exp-0009", tmp_path / "nope", "true", {}, 10), ex.workers()[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# orchestrator restarts
+
+
+def test_reattach_from_a_new_executor_to_a_running_run(ex, tmp_path):
+    h = submit(ex, tmp_path, "echo hi; while [ ! -f go ]; do sleep 0.01; done; echo bye")
+    data = json.loads(json.dumps(h.data))
+    fresh = LocalExecutor(slots=2)
+    h2 = fresh.reattach("exp-0001", data)
+    assert h2 is not None and h2.worker_id == h.worker_id
+    (Path(data["workdir"]) / "go").touch()
+    lines, u = wait(fresh, h2)
+    assert lines == ["hi", "bye"] and u.exit_code == 0
+
+
+ORCHESTRATOR = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from fleetlab.fleet.local import LocalExecutor
+    from fleetlab.fleet._base import RunSpec
+    ex = LocalExecutor(slots=1)
+    h = ex.submit(RunSpec("exp-0001", Path(sys.argv[1]), sys.argv[2], {}, 30), ex.workers()[0])
+    print(json.dumps(h.data), flush=True)
+    time.sleep(60)
+""")
+
+
+def _orchestrate_and_die(tmp_path: Path, command: str) -> dict:
+    """Submit from a separate orchestrator process, then SIGKILL it: the run must live on."""
+    workdir = tmp_path / "exp-0001"
+    workdir.mkdir()
+    orch = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, str(workdir), command], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    data = json.loads(orch.stdout.readline())
+    orch.kill()
+    orch.wait()
+    return data
+
+
+def test_run_survives_a_killed_orchestrator_and_is_reattached(tmp_path, _kill_leftovers):
+    data = _orchestrate_and_die(tmp_path, "echo hi; while [ ! -f go ]; do sleep 0.01; done; echo 'val_bpb: 2.0'")
+    _kill_leftovers.append(Path(data["workdir"]))
+    fresh = LocalExecutor(slots=1)
+    h = fresh.reattach("exp-0001", data)
+    assert h is not None
+    (Path(data["workdir"]) / "go").touch()
+    lines, u = wait(fresh, h)
+    assert lines == ["hi", "val_bpb: 2.0"] and u.exit_code == 0 and u.infra_failure is None
+
+
+def test_a_run_that_finished_while_nobody_watched_is_collected(tmp_path):
+    data = _orchestrate_and_die(tmp_path, "echo 'val_bpb: 3.0'; exit 2")
+    wait_for(lambda: (Path(data["workdir"]) / ".fleetlab_exit.json").exists())
+    wait_for(lambda: gone(data["wrapper_pid"]))
+    fresh = LocalExecutor(slots=1)
+    h = fresh.reattach("exp-0001", data)
+    assert h is not None
+    lines, u = wait(fresh, h)
+    assert lines == ["val_bpb: 3.0"] and u.exit_code == 2
+
+
+def test_a_run_whose_wrapper_was_killed_is_gone(ex, tmp_path, _kill_leftovers):
+    h = submit(ex, tmp_path, "sleep 60")
+    workdir = Path(h.data["workdir"])
+    _kill_leftovers.append(workdir)
+    wait_for(lambda: (workdir / ".fleetlab_run.json").exists())
+    os.kill(h.data["wrapper_pid"], signal.SIGKILL)
+    _, u = wait(ex, h)
+    assert u.infra_failure == "the run's wrapper died"
+    assert LocalExecutor(slots=1).reattach("exp-0001", h.data) is None
+    assert LocalExecutor(slots=1).reattach("exp-0001", {"workdir": str(workdir), "wrapper_pid": os.getpid()}) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPUs, fleet specs, setup
+
+
+@pytest.mark.parametrize("name, label", [
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100"), ("NVIDIA H200", "H200"),
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("Tesla V100-SXM2-16GB", "V100"),
+    ("NVIDIA RTX A6000", "RTX A6000"), ("NVIDIA GeForce RTX 3080 Ti", "RTX 3080 Ti"), ("NVIDIA L40S", "L40S"),
+    ("Tesla T4", "T4"), ("NVIDIA A10G", "A10G"),
+])
+def test_gpu_labels(name, label):
+    assert gpu_label(name) == label
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, GPU-aaaa, NVIDIA H100 80GB HBM3'\necho '1, GPU-bbbb, NVIDIA H200'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_local_gpus_gives_one_slot_per_gpu_and_each_run_its_gpu(fake_nvidia_smi, tmp_path, monkeypatch):
+    ex = make_executor("local:gpus", tmp_path)
+    assert [(w.id, w.hardware) for w in ex.workers()] == [("local-gpu0", "H100"), ("local-gpu1", "H200")]
+    lines, _ = wait(ex, ex.submit(make_spec(tmp_path, "echo $CUDA_VISIBLE_DEVICES"), ex.workers()[1]))
+    assert lines == ["1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
+    assert detect_gpus() == [("GPU-bbbb", "H200")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert detect_gpus() == [("1", "H200"), ("0", "H100")]
+
+
+@pytest.mark.parametrize("visible", [None, ""])
+def test_local_gpus_without_a_gpu_is_one_clear_error(tmp_path, monkeypatch, visible):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with pytest.raises(ExecutorError) as err:
+        make_executor("local:gpus", tmp_path)
+    msg = str(err.value)
+    assert "no GPU" in msg and "local:N" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("spec", ["local:0", "local:abc", "local:-1", "local:2.5"])
+def test_bad_local_specs_are_one_sentence_config_errors(spec, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        make_executor(spec, tmp_path)
+    assert spec in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fleet_specs(tmp_path):
+    ex = make_executor("local:3", tmp_path)
+    assert [w.id for w in ex.workers()] == ["local-0", "local-1", "local-2"]
+    assert {w.hardware for w in ex.workers()} == {"cpu"} and ex.SUPPORTS >= {"reattach", "early_stop"}
+    assert len(make_executor("local", tmp_path).workers()) == 1
+    with pytest.raises(UnknownName, match="valid fleets are: local, ray, sim, sky"):
+        make_executor("cloud:3", tmp_path)
+
+
+def test_a_backend_that_is_not_there_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setitem(FLEETS, "moon", ("fleetlab.fleet.moon", "MoonExecutor", None))
+    with pytest.raises(ExecutorError, match="'moon' fleet is not available"):
+        make_executor("moon:1", tmp_path)
+
+
+def test_prepare_runs_setup_once_and_reports_a_failure(tmp_path):
+    ex = LocalExecutor(slots=2)
+    ex.prepare(tmp_path, "echo prepared >> marker; echo to-the-log")
+    ex.prepare(tmp_path, "echo prepared >> marker")
+    assert (tmp_path / "marker").read_text() == "prepared\n"
+    assert (tmp_path / ".fleetlab" / "setup.log").read_text() == "to-the-log\n"
+    with pytest.raises(SetupFailed) as err:
+        LocalExecutor(slots=1).prepare(tmp_path, "echo broken; exit 4")
+    assert "exit code 4" in str(err.value) and "setup.log" in str(err.value)
