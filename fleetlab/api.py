@@ -1,0 +1,260 @@
+"""The library behind the CLI: open a project, build and run a session, submit variants, wait, query.
+
+The CLI (cli.py) only parses arguments, calls these functions and prints. Anything a dashboard or a notebook needs is
+here too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fleetlab.errors import ConfigError, FleetlabError
+from fleetlab.experiment import Experiment, Proposal, State
+from fleetlab.project import Project, find_root
+from fleetlab.store.sqlite import SQLiteStore
+
+RESUMABLE = ("running", "interrupted", "pending")
+
+
+@dataclass
+class Opened:
+    project: Project
+    store: SQLiteStore
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_project(directory: str | os.PathLike | None = None) -> Opened:
+    project = Project.load(find_root(directory))
+    store = SQLiteStore(project.db_path)
+    return Opened(project, store)
+
+
+def knob_space(project: Project):
+    """The search space inferred from the knob file and fleetlab.toml's [knobs] (None if the file has no knobs)."""
+    if not project.knob_file.endswith(".py"):
+        return None
+    from fleetlab.knobs import infer_space
+
+    return infer_space((project.root / project.knob_file).read_text(), project.knob_overrides,
+                       list(project.constraints))
+
+
+def current_tag(store: SQLiteStore) -> str | None:
+    sessions = store.sessions()
+    return sessions[-1]["tag"] if sessions else None
+
+
+def choose_tag(store: SQLiteStore, tag: str | None, now: float | None = None) -> tuple[str, bool]:
+    """(tag, resuming). An explicit tag is used as is; otherwise an unfinished session is resumed, or a new tag made
+    from the date (autoresearch style: `nov22`, then `nov22-2`, ...)."""
+    if tag:
+        _check_tag(tag)
+        s = store.session(tag)
+        return tag, s is not None
+    sessions = store.sessions()
+    if sessions and sessions[-1]["status"] in RESUMABLE:
+        return sessions[-1]["tag"], True
+    base = _dt.datetime.fromtimestamp(now or time.time()).strftime("%b%d").lower()
+    taken = {s["tag"] for s in sessions}
+    new, i = base, 2
+    while new in taken:
+        new, i = f"{base}-{i}", i + 1
+    return new, False
+
+
+def _check_tag(tag: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", tag):
+        raise ConfigError(f"--tag {tag!r} must be letters, digits, '.', '_' or '-' (a git branch name part)",
+                          key="tag")
+
+
+class RunLock:
+    """One orchestrator per project: a second `fleetlab run` on the same project is refused in one sentence."""
+
+    def __init__(self, project: Project):
+        project.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = project.state_dir / "run.lock"
+        self._f = None
+
+    def __enter__(self):
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            pid = self._f.read().strip() or "?"
+            self._f.close()
+            raise FleetlabError(f"another `fleetlab run` (pid {pid}) is already running this project; "
+                                "use `fleetlab status` to follow it") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(str(os.getpid()))
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+        return False
+
+
+def make_keep_rule(project: Project, name: str = "auto"):
+    """The keep rule in use: the statistical research-validity rule when available, else the simple one."""
+    from fleetlab.analysis.keep import SimpleKeepRule
+
+    if name == "simple":
+        return SimpleKeepRule()
+    try:
+        from fleetlab.analysis.validity import ValidityKeepRule
+    except ImportError:
+        return SimpleKeepRule()
+    return ValidityKeepRule.from_project(project)
+
+
+def submit(opened: Opened, src: str | os.PathLike, description: str, replicates: int = 1,
+           parent: str | None = None) -> list[Experiment]:
+    """Queue a hand-made variant (a copy of the project with edited editable files). Returns the queued records."""
+    from fleetlab.proposals import Materializer
+    from fleetlab.workspace import files_from_dir
+
+    project, store = opened.project, opened.store
+    if not description.strip():
+        raise ConfigError("a submission needs a description (-m)", key="message")
+    if replicates < 1:
+        raise ConfigError("--replicates must be at least 1", key="replicates")
+    files = files_from_dir(project, Path(src))
+    tag = current_tag(store)
+    now = time.time()
+    if tag is None:
+        tag, _ = choose_tag(store, None, now)
+        store.save_session(tag, started_at=now, updated_at=now, status="pending")
+    parent_id = parent or store.incumbent(tag)
+    parent_exp = store.get(parent_id) if parent_id else None
+    m = Materializer(project, store)
+    prop = Proposal(description=description, files=files, strategy="manual", replicates=replicates)
+    out = []
+    import random
+
+    rng = random.Random()
+    for _ in range(replicates):
+        exp = m.to_experiment(prop, parent_exp, tag=tag, seed=rng.randrange(2 ** 31), now=now, strategy="manual")
+        out.append(store.add_experiment(exp))
+    return out
+
+
+def wait(store: SQLiteStore, ids: list[str] | None = None, any_: bool = False, timeout: float | None = None,
+         poll: float = 0.5, on_tick: Callable[[], None] | None = None) -> list[Experiment]:
+    """Block until the given experiments (default: every pending one) are finished, or any one of them with any_.
+    Returns the finished ones among them."""
+    for i in ids or []:
+        store.get(i)  # unknown ids fail at once
+    watch = list(ids) if ids else [e.id for e in store.experiments(states=[State.QUEUED, State.RUNNING])]
+    if not watch:
+        return []
+    start = time.time()
+    while True:
+        exps = [store.get(i) for i in watch]
+        done = [e for e in exps if e.state.is_final]
+        if (any_ and done) or len(done) == len(exps):
+            return done
+        if timeout is not None and time.time() - start > timeout:
+            raise FleetlabError(f"gave up waiting after {timeout:g} s; {len(exps) - len(done)} experiment(s) are "
+                                "still queued or running")
+        if on_tick:
+            on_tick()
+        time.sleep(poll)
+
+
+def status(opened: Opened) -> dict[str, Any]:
+    store = opened.store
+    tag = current_tag(store)
+    sess = store.session(tag) if tag else None
+    exps = store.experiments(tag=tag) if tag else []
+    counts: dict[str, int] = {}
+    for e in exps:
+        counts[e.state.value] = counts.get(e.state.value, 0) + 1
+    inc_id = store.incumbent(tag) if tag else None
+    inc = store.get(inc_id) if inc_id else None
+    base = next((e for e in exps if e.role == "baseline" and e.metric is not None), None)
+    now = time.time()
+    running = [{"id": e.id, "worker": e.worker, "hardware": e.hardware, "elapsed_s": round(now - (e.started_at or now), 1),
+                "description": e.description} for e in exps if e.state is State.RUNNING]
+    return {"tag": tag, "session": sess, "counts": counts, "experiments": len(exps), "running": running,
+            "queued": [e.id for e in exps if e.state is State.QUEUED],
+            "incumbent": _brief(inc), "baseline": _brief(base), "metric": opened.project.metric,
+            "goal": opened.project.goal}
+
+
+def _brief(e: Experiment | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {"id": e.id, "metric": e.metric, "description": e.description, "hardware": e.hardware}
+
+
+def experiment_record(e: Experiment, decision=None) -> dict[str, Any]:
+    d = {"id": e.id, "tag": e.tag, "state": e.state.value, "metric": e.metric, "status": None,
+         "description": e.description, "parent": e.parent, "strategy": e.strategy, "role": e.role,
+         "knobs": e.knobs, "extras": e.extras, "worker": e.worker, "hardware": e.hardware, "seed": e.seed,
+         "queued_at": e.queued_at, "started_at": e.started_at, "finished_at": e.finished_at,
+         "runtime_s": e.runtime_s, "exit_code": e.exit_code, "content_hash": e.content_hash,
+         "lines_added": e.lines_added, "lines_removed": e.lines_removed, "reason": e.meta.get("reason", "")}
+    if decision is not None:
+        d["status"] = decision.status
+        d["decision"] = {"status": decision.status, "reason": decision.reason, "numbers": decision.numbers}
+    elif e.state.is_failure:
+        d["status"] = "crash"
+    return d
+
+
+def results(opened: Opened, tag: str | None = None) -> list[dict[str, Any]]:
+    decisions = opened.store.decisions()
+    return [experiment_record(e, decisions.get(e.id)) for e in opened.store.experiments(tag=tag)]
+
+
+def fmt_metric(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.6f}"
+
+
+def session_accounting(opened: Opened, tag: str | None = None) -> dict[str, Any]:
+    """GPU-hours (held and busy), dollars, experiments per hour and time to best of a session, for reports."""
+    store = opened.store
+    tag = tag or current_tag(store)
+    sess = store.session(tag) if tag else None
+    exps = store.experiments(tag=tag) if tag else []
+    if not sess or not exps:
+        return {}
+    started = sess.get("started_at") or min(e.queued_at for e in exps)
+    ended = max((e.finished_at or e.queued_at) for e in exps)
+    hours = max(1e-9, (ended - started) / 3600)
+    finished = [e for e in exps if e.state.is_final]
+    inc_hist = store.incumbent_history(tag)
+    best_at = inc_hist[-1][1] if inc_hist else None
+    return {"session": tag, "wall_hours": round(hours, 4),
+            "worker_hours_held": round(float(sess.get("available_s", 0.0)) / 3600, 4),
+            "worker_hours_busy": round(float(sess.get("busy_s", 0.0)) / 3600, 4),
+            "cost_usd": round(float(sess.get("cost_usd", 0.0)), 2),
+            "experiments_per_hour": round(len(finished) / hours, 2),
+            "hours_to_best": round((best_at - started) / 3600, 4) if best_at else None}
+
+
+def build_report(opened: Opened, out_dir: Path | None = None) -> dict[str, Path]:
+    from fleetlab.report import write_report
+
+    out_dir = out_dir or opened.project.state_dir / "report"
+    decisions = {k: d.status for k, d in opened.store.decisions().items()}
+    return write_report(opened.store.experiments(), decisions, out_dir, opened.project.metric, opened.project.goal,
+                        summary=session_accounting(opened))

@@ -1,0 +1,525 @@
+"""The `fleetlab` command. Thin: parses, calls the library (api.py, session.py, ...), prints.
+
+Every command takes `-C DIR` (default: the current directory) and `--json` where its output is data. Bad input is one
+sentence on stderr and a non-zero exit, never a traceback. Heavy libraries are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# == commands ======================================================================================================
+def cmd_init(a) -> int:
+    if a.adopt:
+        from fleetlab.adopt import adopt
+
+        path = adopt(Path(a.C or a.dir or "."))
+        print(f"wrote {path}; next: fleetlab run -C {path.parent}")
+        return 0
+    if not a.dir:
+        from fleetlab.errors import ConfigError
+
+        raise ConfigError("fleetlab init needs a directory (or --adopt inside an autoresearch checkout)")
+    from fleetlab.templates import write_template
+
+    dest = write_template(a.template, Path(a.dir), force=a.force)
+    print(f"wrote the {a.template} template to {dest} (a git repository); next:\n  cd {dest} && fleetlab run")
+    return 0
+
+
+class _Printer:
+    """Turns scheduler events into one line each."""
+
+    def __init__(self, console, metric: str, quiet: bool = False):
+        self.c, self.metric, self.quiet = console, metric, quiet
+
+    def __call__(self, kind: str, **info: Any) -> None:
+        from fleetlab.api import fmt_metric
+
+        c = self.c
+        if kind == "preparing":
+            verb = "resuming" if info["resuming"] else "starting"
+            c.print(f"[bold]{verb} session {info['tag']}[/] on {info['fleet']} with strategy {info['strategy']}")
+        elif kind == "started":
+            hw: dict[str, int] = {}
+            for w in info["workers"]:
+                hw[w.hardware] = hw.get(w.hardware, 0) + 1
+            c.print(f"fleet: {', '.join(f'{n}x {h}' for h, n in hw.items())}")
+        elif kind == "finished" and not self.quiet:
+            e, d = info["exp"], info["decision"]
+            color = {"keep": "green", "discard": "white", "crash": "red", "pending": "yellow"}.get(d.status, "white")
+            c.print(f"{e.id} [{color}]{d.status:7s}[/] {e.state.value:9s} {self.metric}={fmt_metric(e.metric)} "
+                    f"on {e.hardware or '-'}  {e.description[:70]}")
+        elif kind == "decision" and not self.quiet:
+            e, d = info["exp"], info["decision"]
+            c.print(f"{e.id} [bold]{d.status}[/] after validation: {d.reason}")
+        elif kind == "rejected" and not self.quiet:
+            c.print(f"[yellow]rejected[/] {info['proposal'].description[:60]!r}: {info['reason']}")
+        elif kind in ("requeued", "reattached") and not self.quiet:
+            c.print(f"{info['exp'].id} {kind}{': ' + info['reason'] if info.get('reason') else ''}")
+        elif kind == "worker_removed":
+            c.print(f"[red]worker {info['worker'].id} taken out of the fleet[/]: {info['reason']}")
+        elif kind == "warning":
+            c.print(f"[yellow]warning[/]: {info['message']}")
+        elif kind == "stopped":
+            c.print(f"stopped: {info['reason']}")
+
+
+def _run_options(a):
+    from fleetlab.session import RunOptions
+
+    so: dict[str, Any] = {}
+    for k in ("llm_provider", "llm_model", "llm_base_url", "max_llm_cost", "agents"):
+        v = getattr(a, k, None)
+        if v is not None:
+            so[k] = v
+    eo: dict[str, Any] = {}
+    if getattr(a, "keep_clusters", False):
+        eo["keep_clusters"] = True
+    return RunOptions(fleet=a.fleet, strategy=a.strategy, tag=a.tag, max_experiments=a.max_experiments,
+                      max_hours=a.max_hours, max_gpu_hours=a.max_gpu_hours, max_cost=a.max_cost, target=a.target,
+                      min_gain_per_gpu_hour=a.min_gain_per_gpu_hour, never_stop=a.never_stop, seed=a.seed,
+                      lookahead=a.lookahead, keep_rule=a.keep_rule, dry_run=a.dry_run, surface=a.surface,
+                      prune=a.prune, strategy_options=so, executor_options=eo)
+
+
+def _print_summary(console, opened, summary) -> None:
+    from fleetlab.api import fmt_metric
+
+    p = opened.project
+    console.print(f"[bold]session {summary.tag}[/]: {summary.experiments} experiments "
+                  f"({', '.join(f'{n} {s}' for s, n in sorted(summary.states.items()))}); {summary.stop_reason}")
+    if summary.baseline_metric is not None:
+        console.print(f"baseline {p.metric} {fmt_metric(summary.baseline_metric)} -> best {fmt_metric(summary.best_metric)}"
+                      f" ({summary.incumbent})")
+    console.print(f"wall {summary.elapsed_s / 3600:.3f} h, worker-hours {summary.available_s / 3600:.3f} "
+                  f"(busy {summary.utilization:.0%}), cost ${summary.cost_usd:.2f}")
+    console.print(f"results: {p.root / 'results.tsv'}; `fleetlab report -C {p.root}` for the plot")
+
+
+def cmd_run(a) -> int:
+    from fleetlab.api import open_project
+    from fleetlab.session import run_session
+
+    opened = open_project(a.C)
+    try:
+        console = _console()
+        out = run_session(opened, _run_options(a), on_event=_Printer(console, opened.project.metric, a.quiet))
+        if isinstance(out, list):
+            for p in out:
+                print(p)
+            return 0
+        if a.json:
+            _print_json(out.__dict__ | {"utilization": out.utilization})
+        else:
+            _print_summary(console, opened, out)
+        return 130 if out.stop_reason == "interrupted" else 0
+    finally:
+        opened.close()
+
+
+def cmd_submit(a) -> int:
+    from fleetlab.api import open_project, submit
+
+    opened = open_project(a.C)
+    try:
+        exps = submit(opened, a.from_dir, a.message, replicates=a.replicates, parent=a.parent)
+        for e in exps:
+            print(e.id)
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_wait(a) -> int:
+    from fleetlab.api import experiment_record, open_project, wait
+
+    opened = open_project(a.C)
+    try:
+        done = wait(opened.store, a.ids or None, any_=a.any, timeout=a.timeout)
+        decisions = opened.store.decisions()
+        recs = [experiment_record(e, decisions.get(e.id)) for e in done]
+        if a.json:
+            _print_json(recs)
+        else:
+            for r in recs:
+                print(f"{r['id']}\t{r['state']}\t{r['metric'] if r['metric'] is not None else '-'}\t"
+                      f"{r['status'] or '-'}\t{r['description']}")
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_status(a) -> int:
+    from fleetlab.api import fmt_metric, open_project, status
+
+    opened = open_project(a.C)
+    try:
+        while True:
+            st = status(opened)
+            if a.json:
+                _print_json(st)
+            else:
+                c = _console()
+                if a.watch:
+                    c.clear()
+                sess = st["session"] or {}
+                c.print(f"[bold]session {st['tag'] or '-'}[/] ({sess.get('status', 'none')}"
+                        f"{': ' + sess['stop_reason'] if sess.get('stop_reason') else ''}); "
+                        f"{st['experiments']} experiments: "
+                        + ", ".join(f"{n} {s}" for s, n in sorted(st["counts"].items())))
+                if st["baseline"]:
+                    c.print(f"baseline {st['metric']} {fmt_metric(st['baseline']['metric'])}")
+                if st["incumbent"]:
+                    i = st["incumbent"]
+                    c.print(f"incumbent {i['id']} {st['metric']} {fmt_metric(i['metric'])}: {i['description']}")
+                for r in st["running"]:
+                    c.print(f"  running {r['id']} on {r['worker']} ({r['hardware']}) {r['elapsed_s']:.0f} s: "
+                            f"{r['description'][:60]}")
+                if st["queued"]:
+                    c.print(f"  queued: {', '.join(st['queued'][:12])}{' ...' if len(st['queued']) > 12 else ''}")
+            if not a.watch:
+                return 0
+            time.sleep(a.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_results(a) -> int:
+    from fleetlab.api import fmt_metric, open_project, results
+
+    opened = open_project(a.C)
+    try:
+        if a.tsv:
+            from fleetlab.store.tsv import render, rows
+
+            sys.stdout.write(render(rows(opened.project, opened.store)))
+            return 0
+        recs = results(opened, a.tag)
+        if a.json:
+            _print_json(recs)
+            return 0
+        from rich.table import Table
+
+        t = Table(title=f"{opened.project.metric} ({opened.project.goal})")
+        for col in ("id", opened.project.metric, "status", "state", "hw", "strategy", "description"):
+            t.add_column(col)
+        for r in recs[-a.last:] if a.last else recs:
+            color = {"keep": "green", "crash": "red"}.get(r["status"] or "", "")
+            t.add_row(r["id"], fmt_metric(r["metric"]), f"[{color}]{r['status'] or '-'}[/]" if color else
+                      (r["status"] or "-"), r["state"], r["hardware"] or "-", r["strategy"], r["description"][:70])
+        _console().print(t)
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_show(a) -> int:
+    from fleetlab.api import experiment_record, open_project
+    from fleetlab.proposals import Materializer
+    from fleetlab.workspace import unified_diff
+
+    opened = open_project(a.C)
+    try:
+        store = opened.store
+        e = store.get(a.id)
+        m = Materializer(opened.project, store)
+        if a.log:
+            log = Path(e.log_path) if e.log_path else None
+            print(log.read_text() if log and log.is_file() else e.log_tail or "(no log)")
+            return 0
+        if a.diff:
+            parent = store.get(e.parent) if e.parent else None
+            print(unified_diff(m.files_of(parent), m.files_of(e)) or "(no change against its parent)")
+            return 0
+        rec = experiment_record(e, store.decisions().get(e.id))
+        rec["decision_history"] = [d.__dict__ for d in store.decision_history(e.id)]
+        rec["log_tail"] = e.log_tail
+        rec["meta"] = {k: v for k, v in e.meta.items() if k != "readonly_hashes"}
+        if a.json:
+            _print_json(rec)
+            return 0
+        for k in ("id", "tag", "state", "status", "metric", "description", "parent", "strategy", "role", "hardware",
+                  "worker", "seed", "runtime_s", "exit_code", "lines_added", "lines_removed", "reason"):
+            if rec.get(k) not in (None, ""):
+                print(f"{k:14s} {rec[k]}")
+        if rec.get("decision"):
+            d = rec["decision"]
+            print(f"{'decision':14s} {d['status']}: {d['reason']}")
+            for k, v in d["numbers"].items():
+                print(f"  {k:12s} {v}")
+        if e.knobs:
+            print(f"{'knobs':14s} " + ", ".join(f"{k}={v}" for k, v in e.knobs.items()))
+        if e.extras:
+            print(f"{'extras':14s} " + ", ".join(f"{k}={v}" for k, v in e.extras.items()))
+        if e.log_tail:
+            print("log tail:\n" + "\n".join("  " + ln for ln in e.log_tail.splitlines()[-15:]))
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_knobs(a) -> int:
+    from fleetlab.api import knob_space
+    from fleetlab.project import Project, find_root
+
+    project = Project.load(find_root(a.C))
+    space = knob_space(project)
+    if space is None:
+        print("this project's knob file is not Python; it has no knobs")
+        return 0
+    if a.json:
+        _print_json(space.to_dict())
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"knobs of {project.knob_file}")
+    for col in ("knob", "value", "kind", "range / choices"):
+        t.add_column(col)
+    for k in space.knobs.values():
+        rng = (", ".join(map(str, k.choices)) if k.choices else f"[{k.low:g}, {k.high:g}]{' log' if k.log else ''}")
+        t.add_row(k.name, str(k.value), k.kind, rng)
+    c = _console()
+    c.print(t)
+    for con in space.constraints:
+        c.print(f"constraint: {con}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from fleetlab.api import open_project
+
+    opened = open_project(a.C)
+    try:
+        from fleetlab.api import build_report
+
+        paths = build_report(opened, out_dir=Path(a.out) if a.out else None)
+        for name, p in paths.items():
+            print(f"{name}: {p}")
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_analyze(a) -> int:
+    from fleetlab.api import open_project
+
+    opened = open_project(a.C)
+    try:
+        from fleetlab.analysis.report import analyze, render_analysis
+
+        result = analyze(opened)
+        if a.json:
+            _print_json(result)
+        else:
+            print(render_analysis(result))
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_quickstart(a) -> int:
+    from fleetlab.quickstart import quickstart
+
+    return quickstart(Path(a.dir), minutes=a.minutes, fleet=a.fleet, template=a.template)
+
+
+def cmd_bench(a) -> int:
+    from fleetlab.bench.cli import bench_main
+
+    return bench_main(a)
+
+
+def cmd_notes(a) -> int:
+    from fleetlab.api import open_project
+
+    opened = open_project(a.C)
+    try:
+        if a.action == "add":
+            text = " ".join(a.text).strip()
+            if not text:
+                from fleetlab.errors import ConfigError
+
+                raise ConfigError("`fleetlab notes add` needs the note's text")
+            n = opened.store.add_note(a.author, text, time.time(), a.experiment)
+            print(f"note {n} added")
+            return 0
+        notes = opened.store.notes(limit=a.last)
+        if a.json:
+            _print_json(notes)
+        else:
+            for n in notes:
+                ts = time.strftime("%Y-%m-%d %H:%M", time.localtime(n["at"] or 0))
+                print(f"[{n['id']}] {ts} {n['author']}{' on ' + n['experiment'] if n['experiment'] else ''}: "
+                      f"{n['text']}")
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_agent_guide(a) -> int:
+    from fleetlab.agent_guide import write_agent_guide
+    from fleetlab.project import Project, find_root
+
+    project = Project.load(find_root(a.C))
+    path = write_agent_guide(project, Path(a.out) if a.out else None)
+    print(f"wrote {path}")
+    return 0
+
+
+# == parser ========================================================================================================
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetlab", description="Autonomous research on a fleet of machines.")
+    p.add_argument("--version", action="version", version="fleetlab 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, fn, help_, json_=False):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("-C", metavar="DIR", default=None, help="project directory (default: the current one)")
+        if json_:
+            sp.add_argument("--json", action="store_true", help="print JSON")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("quickstart", cmd_quickstart, "scaffold the gpt template and run a short research session, then report")
+    sp.add_argument("--dir", default="fleetlab-quickstart")
+    sp.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of the session")
+    sp.add_argument("--fleet", default=None)
+    sp.add_argument("--template", default="gpt", choices=["gpt", "mlp"])
+
+    sp = add("init", cmd_init, "write a research project from a template, or adopt an autoresearch checkout")
+    sp.add_argument("dir", nargs="?")
+    sp.add_argument("--template", default="gpt")
+    sp.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    sp.add_argument("--adopt", action="store_true", help="write fleetlab.toml for an existing autoresearch checkout")
+
+    sp = add("run", cmd_run, "the research loop (Ctrl-C or kill is safe; running it again resumes)", json_=True)
+    sp.add_argument("--fleet", help="local:N | local:gpus | sim:13xH100+3xH200 | ray:http://HOST:8265 | sky:N")
+    sp.add_argument("--strategy", help="auto | random | factorial | optuna | llm | baseline | none | a,b portfolio")
+    sp.add_argument("--tag", help="session tag (default: resume the unfinished session or make a new one)")
+    sp.add_argument("--max-experiments", type=int)
+    sp.add_argument("--max-hours", type=float)
+    sp.add_argument("--max-gpu-hours", type=float)
+    sp.add_argument("--max-cost", type=float, help="dollars of worker time")
+    sp.add_argument("--target", type=float, help="stop once the incumbent reaches this metric")
+    sp.add_argument("--min-gain-per-gpu-hour", type=float)
+    sp.add_argument("--never-stop", action="store_true", help="no diminishing-returns stop rule")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--lookahead", type=int, help="proposals kept ready beyond the free workers")
+    sp.add_argument("--keep-rule", default="auto", choices=["auto", "simple"])
+    sp.add_argument("--prune", action="store_true", help="stop runs early that cannot win")
+    sp.add_argument("--dry-run", action="store_true", help="write launch specs for the first wave; launch nothing")
+    sp.add_argument("--surface", help="surface for sim fleets (built-in name or file.py:FACTORY)")
+    sp.add_argument("--keep-clusters", action="store_true")
+    sp.add_argument("--agents", type=int)
+    sp.add_argument("--llm-provider", choices=["anthropic", "openai"])
+    sp.add_argument("--llm-model")
+    sp.add_argument("--llm-base-url")
+    sp.add_argument("--max-llm-cost", type=float)
+    sp.add_argument("-q", "--quiet", action="store_true")
+
+    sp = add("submit", cmd_submit, "queue a hand-made (or agent-made) variant; prints its id")
+    sp.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="a copy of the project")
+    sp.add_argument("-m", "--message", required=True, help="what the variant changes")
+    sp.add_argument("--replicates", type=int, default=1)
+    sp.add_argument("--parent", help="the experiment it starts from (default: the incumbent)")
+
+    sp = add("wait", cmd_wait, "wait until experiments finish", json_=True)
+    sp.add_argument("ids", nargs="*")
+    sp.add_argument("--any", action="store_true", help="return when any of them finishes")
+    sp.add_argument("--timeout", type=float)
+
+    sp = add("status", cmd_status, "the session at a glance", json_=True)
+    sp.add_argument("--watch", action="store_true")
+    sp.add_argument("--interval", type=float, default=2.0)
+
+    sp = add("results", cmd_results, "every experiment: metric, keep/discard/crash, description", json_=True)
+    sp.add_argument("--tsv", action="store_true", help="autoresearch-compatible results.tsv on stdout")
+    sp.add_argument("--tag")
+    sp.add_argument("--last", type=int, default=0)
+
+    sp = add("show", cmd_show, "one experiment: its decision, knobs, log tail; --diff or --log", json_=True)
+    sp.add_argument("id")
+    sp.add_argument("--diff", action="store_true")
+    sp.add_argument("--log", action="store_true")
+
+    add("knobs", cmd_knobs, "the search space inferred from train.py and fleetlab.toml", json_=True)
+
+    sp = add("report", cmd_report, "progress.png and report.html")
+    sp.add_argument("--out", help="output directory (default: .fleetlab/report)")
+
+    add("analyze", cmd_analyze, "noise floor, hardware effects, main effects and interactions, cost", json_=True)
+
+    sp = add("notes", cmd_notes, "the shared notepad of people and agents", json_=True)
+    sp.add_argument("action", choices=["add", "list"])
+    sp.add_argument("text", nargs="*")
+    sp.add_argument("--author", default=os.environ.get("USER", "human"))
+    sp.add_argument("--experiment")
+    sp.add_argument("--last", type=int)
+
+    sp = add("agent-guide", cmd_agent_guide, "write AGENTS.md: how an external coding agent drives fleetlab")
+    sp.add_argument("--out")
+
+    sp = add("bench", cmd_bench, "simulated-fleet benchmark against the original's figures", json_=True)
+    sp.add_argument("--surface", default="autoresearch")
+    sp.add_argument("--fleet", action="append", help="sim fleet, e.g. 13xH100+3xH200 (repeatable)")
+    sp.add_argument("--workers", type=int, help="shorthand for --fleet <N>xH100")
+    sp.add_argument("--strategy", default="auto")
+    sp.add_argument("--hours", type=float, default=8.0)
+    sp.add_argument("--seeds", type=int, default=3)
+    sp.add_argument("--target", type=float)
+    sp.add_argument("--noise", type=float, help="measurement noise sigma of the surface")
+    sp.add_argument("--prune", action="store_true")
+    sp.add_argument("--plot", help="where to write the plot (default: bench.png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "fn", None):
+        parser.print_help()
+        return 0
+    from fleetlab.errors import FleetlabError
+
+    try:
+        return a.fn(a) or 0
+    except FleetlabError as e:
+        print(f"fleetlab: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fleetlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("FLEETLAB_DEBUG"):
+            raise
+        print(f"fleetlab: internal error: {type(e).__name__}: {e} (set FLEETLAB_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
