@@ -37,24 +37,27 @@ How the space is inferred (infer_space); every rule can be overridden in fleetla
 Bounds are rounded to 6 significant digits, sampled floats to 4.
 
 Speed: the source is parsed with the standard `ast` module once per distinct text (an LRU cache keyed by the text) into
-the character spans of every knob's value; `apply_knobs` splices new literals into those spans (microseconds) and
-registers the result in the same cache, so reading back a text it wrote never parses again. (libcst takes ~80 ms to
-parse and ~30 ms to print a 700-line file; `ast` ~9 ms and splicing needs no printing.)
+the character spans of every knob's value; `apply_knobs` splices new literals into those spans (tens of microseconds)
+and registers the result in the same cache, so reading back a text it wrote never parses again. libcst was measured
+and not used: on the 536-line gpt template it takes ~210 ms to parse and ~45 ms to print, `ast` ~12-25 ms, and
+splicing needs no printing at all.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.errors import ConfigError, ProposalRejected
 
-__all__ = ["Knob", "Space", "read_knobs", "apply_knobs", "infer_space", "format_value", "KINDS"]
+__all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS"]
 
 KINDS = ("float", "int", "pow2", "str", "bool")
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -313,24 +316,27 @@ class _Parsed:
 
 
 _CACHE: OrderedDict[str, _Parsed] = OrderedDict()
-_CACHE_SIZE = 256
+_CACHE_SIZE = 512  # texts; a 600-line train.py is ~25 KB
+_CACHE_LOCK = threading.Lock()  # strategies may run in threads
 
 
 def _parsed(source: str) -> _Parsed:
-    hit = _CACHE.get(source)
-    if hit is not None:
-        _CACHE.move_to_end(source)
-        return hit
+    with _CACHE_LOCK:
+        hit = _CACHE.get(source)
+        if hit is not None:
+            _CACHE.move_to_end(source)
+            return hit
     parsed = _parse(source)
     _remember(source, parsed)
     return parsed
 
 
 def _remember(source: str, parsed: _Parsed) -> None:
-    _CACHE[source] = parsed
-    _CACHE.move_to_end(source)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        _CACHE[source] = parsed
+        _CACHE.move_to_end(source)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
 
 
 def _parse(source: str) -> _Parsed:
@@ -394,7 +400,7 @@ def _parse(source: str) -> _Parsed:
             literals[name] = value  # a tuple of strings, a list: a constant, not a knob
         else:
             slots[name] = slot(node, _MISSING)
-            derived.append((name, ast.get_source_segment(source, node) or ""))
+            derived.append((name, slots[name].text))
     return _Parsed(slots, knobs, literals, tuple(derived), _evaluate_derived(literals, derived))
 
 
@@ -466,6 +472,13 @@ def read_knobs(source: str) -> dict[str, Any]:
 
     Raises ProposalRejected if the source is not valid Python. Cached by text: repeated reads cost a dict copy."""
     return dict(_parsed(source).knobs)
+
+
+def read_constants(source: str) -> dict[str, Any]:
+    """Every UPPERCASE module-level constant of `source` whose value is known: literals (tuples and lists whole) and
+    those computed from them (`MODEL_DIM = DEPTH * ASPECT_RATIO`). Pass a read-only file's constants (prepare.py's
+    MAX_SEQ_LEN) to `infer_space(..., constants=...)` so constraints can name them."""
+    return dict(_parsed(source).constants)
 
 
 # ---------------------------------------------------------------------------
@@ -790,6 +803,7 @@ def _compile_safe(expr: str, known: set[str] | None, key: str | None):
     return compile(tree, "<constraint>", "eval")
 
 
+@functools.lru_cache(maxsize=256)
 def _names_in(expr: str) -> list[str]:
     return list(dict.fromkeys(n.id for n in ast.walk(ast.parse(expr.strip(), mode="eval")) if isinstance(n, ast.Name)))
 

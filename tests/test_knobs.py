@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleetlab.errors import ConfigError, ProposalRejected
-from fleetlab.knobs import Knob, Space, apply_knobs, format_value, infer_space, read_knobs
+from fleetlab.knobs import Knob, Space, apply_knobs, format_value, infer_space, read_constants, read_knobs
 
 # ---------------------------------------------------------------------------
 # Sources
@@ -535,3 +535,13 @@ def test_template_train_py_round_trips(template):
             compile(out, str(path), "exec")
         changed = [pair for pair in zip(source.splitlines(), out.splitlines()) if pair[0] != pair[1]]
         assert out.count("\n") == source.count("\n") and len(changed) <= len(config)
+
+
+def test_read_constants_of_a_readonly_file():
+    prepare = "MAX_SEQ_LEN = 2048  # context\nEVAL_TOKENS = 40 * 524288\nSPECIAL = [f'<{i}>' for i in range(4)]\n" \
+              "VOCAB = 8192\nPADDED = VOCAB + 64\n"
+    constants = read_constants(prepare)
+    assert constants == {"MAX_SEQ_LEN": 2048, "EVAL_TOKENS": 20971520, "VOCAB": 8192, "PADDED": 8256}
+    space = infer_space(AUTORESEARCH, constraints=[BATCH_CONSTRAINT], constants=constants)
+    assert space.violation({"TOTAL_BATCH_SIZE": 131072, "DEVICE_BATCH_SIZE": 128}) is not None
+    assert read_constants(MLP)["SCALED_LR"] == 0.2 and "PATH" not in read_constants(MLP)
