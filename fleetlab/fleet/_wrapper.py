@@ -54,12 +54,20 @@ def killpg(pgid, sig):
         pass
 
 
+REAPED = {}  # pid -> wait status, where the platform has no waitid (macOS) and has_exited had to reap
+
+
 def has_exited(pid):
-    """True once the child has exited, without reaping it: its zombie keeps the group id from being reused."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+    """True once the child has exited, without reaping it where possible: its zombie keeps the group id reserved."""
+    if hasattr(os, "waitid"):
+        try:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        REAPED[pid] = status
+    return bool(done)
 
 
 def main(argv):
@@ -130,7 +138,7 @@ def main(argv):
             pass
 
     killpg(pid, signal.SIGKILL)  # leftovers in the group; the zombie leader still holds the group id
-    _, status = os.waitpid(pid, 0)
+    status = REAPED.pop(pid) if pid in REAPED else os.waitpid(pid, 0)[1]
     write_json_atomic(os.path.join(workdir, EXIT_FILE),
                       {"exit_code": os.waitstatus_to_exitcode(status), "timed_out": timed_out,
                        "cancelled": bool(stop) and not timed_out, "started_at": started_at,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -86,9 +87,10 @@ def detect_gpus(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
 # the executor
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: str | Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        with open(path) as f:
+            return json.load(f)
     except (OSError, ValueError):
         return None
 
@@ -131,14 +133,62 @@ def _killpg(pgid: int | None, sig: int) -> None:
             pass
 
 
-class _Tail:
-    """What poll remembers about one run: the open log, the bytes of an unfinished last line, whether it was reported."""
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that stays bound to this very process (no pid reuse), readable once it ends; None if unsupported."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
-    def __init__(self) -> None:
-        self.log = None  # binary file object, opened once the log exists
-        self.partial = b""
+
+class _Run:
+    """What poll remembers about one run. Paths are kept as strings: poll is on the dispatch path, pathlib is slow."""
+
+    def __init__(self, handle: Handle, proc: subprocess.Popen | None) -> None:
+        self.workdir = handle.data["workdir"]
+        self.wrapper_pid = handle.data.get("wrapper_pid")
+        self.exit_path = os.path.join(self.workdir, EXIT_FILE)
+        self.proc = proc  # the wrapper, when this executor started it (else it is watched through a pidfd)
+        self.pidfd: int | None = None
+        self.log = None  # the log opened for reading, once it exists
+        self.partial = b""  # bytes of an unfinished last line
         self.reported = False
         self.cancelled = False
+
+    def wrapper_alive(self) -> bool:
+        if self.proc is not None:  # our own child: poll() also reaps it, so an ended wrapper never lingers as a zombie
+            return self.proc.poll() is None
+        if self.pidfd is not None:
+            return not select.select([self.pidfd], [], [], 0)[0]
+        if not _is_our_wrapper(self.wrapper_pid, self.workdir):
+            return False
+        self.pidfd = _pidfd(self.wrapper_pid)
+        # Checked again now the pidfd pins the process: the pid could have been reused just before it was opened.
+        return _is_our_wrapper(self.wrapper_pid, self.workdir)
+
+    def read_lines(self, final: bool) -> tuple[str, ...]:
+        if self.log is None:
+            try:
+                self.log = open(os.path.join(self.workdir, LOG_FILE), "rb", buffering=0)
+            except OSError:
+                return ()
+        data = self.partial + (self.log.read() or b"")
+        pieces = data.split(b"\n")
+        self.partial = pieces.pop()
+        if final or len(self.partial) > MAX_PARTIAL_LINE:
+            if self.partial:
+                pieces.append(self.partial)
+            self.partial = b""
+        return tuple(p.decode(errors="replace").rstrip("\r") for p in pieces)
+
+    def release(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        self.proc = None
 
 
 class LocalExecutor(Executor):
@@ -169,7 +219,7 @@ class LocalExecutor(Executor):
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.grace_s = grace_s
         self._procs: dict[int, subprocess.Popen] = {}  # wrapper pid -> Popen, for the wrappers this instance started
-        self._tails: dict[tuple[str, int], _Tail] = {}
+        self._runs: dict[tuple[str, int], _Run] = {}
         self._prepared = False
 
     @classmethod
@@ -242,25 +292,23 @@ class LocalExecutor(Executor):
         """New complete output lines and finished runs; a handle with nothing new is left out of the answer."""
         updates = []
         for h in handles:
-            tail = self._tail(h)
-            if tail.reported:
+            run = self._run(h)
+            if run.reported:
                 continue
-            workdir = Path(h.data["workdir"])
-            exit_info = _read_json(workdir / EXIT_FILE)
-            if exit_info is None and not self._wrapper_alive(h):
-                exit_info = _read_json(workdir / EXIT_FILE)  # it may have written the file just before it ended
+            exit_info = _read_json(run.exit_path) if os.path.exists(run.exit_path) else None
+            if exit_info is None and not run.wrapper_alive():
+                exit_info = _read_json(run.exit_path)  # it may have written the file just before it ended
                 if exit_info is None:
-                    exit_info = {"exit_code": -9} if tail.cancelled else {"infra_failure": "the run's wrapper died"}
-            lines = self._read_lines(tail, workdir, final=exit_info is not None)
+                    exit_info = {"exit_code": -9} if run.cancelled else {"infra_failure": "the run's wrapper died"}
+            lines = run.read_lines(final=exit_info is not None)
             if exit_info is None:
                 if lines:
                     updates.append(Update(h.experiment_id, False, lines))
                 continue
-            tail.reported = True
-            if tail.log is not None:
-                tail.log.close()
-            self._procs.pop(h.data.get("wrapper_pid"), None)
-            run_info = _read_json(workdir / RUN_FILE) or {}
+            run.reported = True
+            run.release()
+            self._procs.pop(run.wrapper_pid, None)
+            run_info = _read_json(os.path.join(run.workdir, RUN_FILE)) or {}
             updates.append(Update(h.experiment_id, True, lines, exit_code=exit_info.get("exit_code"),
                                   timed_out=bool(exit_info.get("timed_out")),
                                   infra_failure=exit_info.get("infra_failure"),
@@ -277,24 +325,23 @@ class LocalExecutor(Executor):
 
     def cancel(self, handle: Handle) -> None:
         """Kill the run's process group at once, ask the wrapper to record it, and wait (briefly) until it has."""
-        workdir = Path(handle.data["workdir"])
-        if (workdir / EXIT_FILE).exists():
+        run = self._run(handle)
+        if run.reported or os.path.exists(run.exit_path):
             return
-        self._tail(handle).cancelled = True
-        wrapper_pid = handle.data.get("wrapper_pid")
-        if not self._wrapper_alive(handle):
+        run.cancelled = True
+        if not run.wrapper_alive():
             return
         _killpg(self._pgid(handle), signal.SIGKILL)
         try:
-            os.kill(wrapper_pid, signal.SIGTERM)  # it kills the group too (also when it had no pgid to tell us yet)
+            os.kill(run.wrapper_pid, signal.SIGTERM)  # it kills the group too (also before it could tell us the pgid)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline and not (workdir / EXIT_FILE).exists() and self._wrapper_alive(handle):
+        while time.monotonic() < deadline and not os.path.exists(run.exit_path) and run.wrapper_alive():
             time.sleep(0.005)
-        if self._wrapper_alive(handle) and not (workdir / EXIT_FILE).exists():
+        if run.wrapper_alive() and not os.path.exists(run.exit_path):
             _killpg(self._pgid(handle), signal.SIGKILL)
-            os.kill(wrapper_pid, signal.SIGKILL)
+            os.kill(run.wrapper_pid, signal.SIGKILL)
 
     def reattach(self, experiment_id: str, data: dict[str, Any]) -> Handle | None:
         """A handle if the run finished meanwhile (its exit file exists) or its wrapper still runs; else None."""
@@ -309,10 +356,9 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         """Forget the runs; the wrappers keep running by design (a later orchestrator can re-attach)."""
-        for tail in self._tails.values():
-            if tail.log is not None:
-                tail.log.close()
-        self._tails.clear()
+        for run in self._runs.values():
+            run.release()
+        self._runs.clear()
 
     # -- helpers -------------------------------------------------------------------------------------------------------
 
@@ -327,36 +373,15 @@ class LocalExecutor(Executor):
                 env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the order nvidia-smi's indices use
         return env
 
-    def _tail(self, handle: Handle) -> _Tail:
+    def _run(self, handle: Handle) -> _Run:
         key = (handle.experiment_id, handle.data.get("wrapper_pid") or 0)
-        if key not in self._tails:
-            self._tails[key] = _Tail()
-        return self._tails[key]
+        run = self._runs.get(key)
+        if run is None:
+            run = self._runs[key] = _Run(handle, self._procs.get(handle.data.get("wrapper_pid")))
+        return run
 
     def _pgid(self, handle: Handle) -> int | None:
         if not handle.data.get("pgid"):
             info = _read_json(Path(handle.data["workdir"]) / RUN_FILE) or {}
             handle.data["pgid"] = info.get("pgid")
         return handle.data.get("pgid")
-
-    def _wrapper_alive(self, handle: Handle) -> bool:
-        pid = handle.data.get("wrapper_pid")
-        proc = self._procs.get(pid)
-        if proc is not None:  # our own child: poll() also reaps it, so a finished wrapper never lingers as a zombie
-            return proc.poll() is None
-        return _is_our_wrapper(pid, handle.data["workdir"])
-
-    def _read_lines(self, tail: _Tail, workdir: Path, final: bool) -> tuple[str, ...]:
-        if tail.log is None:
-            try:
-                tail.log = open(workdir / LOG_FILE, "rb", buffering=0)
-            except OSError:
-                return ()
-        data = tail.partial + (tail.log.read() or b"")
-        pieces = data.split(b"\n")
-        tail.partial = pieces.pop()
-        if final or len(tail.partial) > MAX_PARTIAL_LINE:
-            if tail.partial:
-                pieces.append(tail.partial)
-            tail.partial = b""
-        return tuple(p.decode(errors="replace").rstrip("\r") for p in pieces)
