@@ -48,6 +48,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import numbers
 import random
 import re
 import threading
@@ -243,7 +244,7 @@ def _bound_violation(knob: Knob, value: Any) -> str | None:
         return f"{knob.name} must be True or False, not {value!r}"
     if knob.kind == "str" and not isinstance(value, str):
         return f"{knob.name} must be a string, not {value!r}"
-    if knob.kind in ("int", "pow2") and not (isinstance(value, int) and not isinstance(value, bool)):
+    if knob.kind in ("int", "pow2") and not _is_int(value):
         return f"{knob.name} must be an integer, not {value!r}"
     if knob.kind == "float" and not (_is_number(value) and math.isfinite(value)):
         return f"{knob.name} must be a finite number, not {value!r}"
@@ -464,7 +465,14 @@ def _literal(node: ast.expr) -> Any:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A real number that is not a bool (numpy scalars included: optimizers hand them out)."""
+    if isinstance(v, (int, float)):
+        return not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def read_knobs(source: str) -> dict[str, Any]:
@@ -531,8 +539,10 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ProposalRejected(f"{name} cannot be set to {value!r}", reason="bad-value")
     if current is _MISSING:
-        if isinstance(value, (bool, int, float, str)):
+        if isinstance(value, (bool, str)):
             return value
+        if _is_number(value):
+            return int(value) if _is_int(value) else float(value)
     elif isinstance(current, bool):
         if isinstance(value, bool):
             return value

@@ -545,3 +545,13 @@ def test_read_constants_of_a_readonly_file():
     space = infer_space(AUTORESEARCH, constraints=[BATCH_CONSTRAINT], constants=constants)
     assert space.violation({"TOTAL_BATCH_SIZE": 131072, "DEVICE_BATCH_SIZE": 128}) is not None
     assert read_constants(MLP)["SCALED_LR"] == 0.2 and "PATH" not in read_constants(MLP)
+
+
+def test_numpy_scalars_from_optimizers_are_accepted():
+    np = pytest.importorskip("numpy")
+    space = infer_space(AUTORESEARCH)
+    config = {"DEPTH": np.int64(16), "MATRIX_LR": np.float64(0.05), "ADAM_BETAS[0]": np.float32(0.75)}
+    assert space.violation(config) is None
+    knobs = read_knobs(apply_knobs(AUTORESEARCH, config))
+    assert type(knobs["DEPTH"]) is int and knobs["DEPTH"] == 16 and knobs["MATRIX_LR"] == 0.05
+    assert knobs["ADAM_BETAS[0]"] == 0.75 and type(knobs["ADAM_BETAS[0]"]) is float
