@@ -6,10 +6,11 @@ Each backend is imported only when asked for: Ray and SkyPilot are heavy optiona
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not `from typing import ...`: this module is imported on every run's start (see above)
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
     from fleetlab.fleet._base import Executor
 
 # scheme -> (module, factory, pip extra that brings its dependencies)
@@ -23,7 +24,7 @@ FLEETS: dict[str, tuple[str, str, str | None]] = {
 __all__ = ["FLEETS", "make_executor"]
 
 
-def make_executor(spec: str, project_root: Path, **kw: Any) -> "Executor":
+def make_executor(spec: str, project_root: Path, **kw: Any) -> Executor:
     """The executor for a `--fleet` value: `local:N`, `local:gpus`, `sim:...`, `ray:URL`, `sky:...`.
 
     An unknown scheme raises UnknownName with the valid ones; a backend whose dependency is missing raises
@@ -44,7 +45,7 @@ def make_executor(spec: str, project_root: Path, **kw: Any) -> "Executor":
             raise ExecutorError(f"the {scheme!r} fleet is not available in this version of fleetlab") from e
         hint = f"; install it with: pip install 'fleetlab[{extra}]'" if extra else ""
         raise ExecutorError(f"the {scheme!r} fleet needs the Python package {e.name!r}{hint}") from e
-    obj: Any = module
+    obj = module
     for attr in factory.split("."):
         obj = getattr(obj, attr)
     if scheme == "local":
