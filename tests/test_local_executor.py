@@ -273,16 +273,28 @@ def test_a_run_that_finished_while_nobody_watched_is_collected(tmp_path):
     assert lines == ["val_bpb: 3.0"] and u.exit_code == 2
 
 
-def test_a_run_whose_wrapper_was_killed_is_gone(ex, tmp_path, _kill_leftovers):
-    h = submit(ex, tmp_path, "sleep 60")
+def test_a_run_whose_wrapper_was_killed_is_gone_and_its_command_killed(ex, tmp_path, _kill_leftovers):
+    h = submit(ex, tmp_path, "sleep 60 & echo $! > child.pid; wait")
     workdir = Path(h.data["workdir"])
     _kill_leftovers.append(workdir)
-    wait_for(lambda: (workdir / ".fleetlab_run.json").exists())
+    wait_for(lambda: (workdir / "child.pid").exists() and (workdir / "child.pid").read_text().strip() != "")
     os.kill(h.data["wrapper_pid"], signal.SIGKILL)
     _, u = wait(ex, h)
-    assert u.infra_failure == "the run's wrapper died"
+    assert u.infra_failure == "the run's wrapper died" and u.exit_code is None
+    wait_for(lambda: gone(int((workdir / "child.pid").read_text())), 2)  # the orphaned command does not live on
     assert LocalExecutor(slots=1).reattach("exp-0001", h.data) is None
     assert LocalExecutor(slots=1).reattach("exp-0001", {"workdir": str(workdir), "wrapper_pid": os.getpid()}) is None
+
+
+def test_reattach_to_a_run_whose_wrapper_died_kills_what_it_left(tmp_path, _kill_leftovers):
+    data = _orchestrate_and_die(tmp_path, "sleep 60 & echo $! > child.pid; wait")
+    workdir = Path(data["workdir"])
+    _kill_leftovers.append(workdir)
+    wait_for(lambda: (workdir / "child.pid").exists() and (workdir / "child.pid").read_text().strip() != "")
+    os.kill(data["wrapper_pid"], signal.SIGKILL)
+    wait_for(lambda: gone(data["wrapper_pid"]))
+    assert LocalExecutor(slots=1).reattach("exp-0001", data) is None
+    wait_for(lambda: gone(int((workdir / "child.pid").read_text())), 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -317,6 +329,8 @@ def test_local_gpus_gives_one_slot_per_gpu_and_each_run_its_gpu(fake_nvidia_smi,
     assert lines == ["1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
     assert detect_gpus() == [("GPU-bbbb", "H200")]
+    assert [(w.id, w.hardware) for w in make_executor("local:gpus", tmp_path).workers()] == [("local-GPU-bbbb", "H200")]
+    assert LocalExecutor(gpus=["0"]).workers()[0].hardware == "H100"  # named by nvidia-smi whatever is visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
     assert detect_gpus() == [("1", "H200"), ("0", "H100")]
 

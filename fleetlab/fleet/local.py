@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fleetlab.errors import ConfigError, ExecutorError, SetupFailed
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
@@ -53,13 +53,9 @@ def gpu_label(name: str) -> str:
     return words[0]
 
 
-def detect_gpus(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """The visible GPUs as (CUDA_VISIBLE_DEVICES value, hardware label), in nvidia-smi's (PCI bus) order.
-
-    CUDA_VISIBLE_DEVICES, when set, chooses the GPUs (by index or UUID; "" or "-1" means none); nvidia-smi names them.
-    """
-    env = os.environ if env is None else env
-    rows: list[tuple[str, str, str]] = []  # (index, uuid, name)
+def _nvidia_smi(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Every GPU of the machine as (index, uuid, name), in PCI bus order; [] without nvidia-smi."""
+    rows = []
     smi = shutil.which("nvidia-smi", path=env.get("PATH"))
     if smi:
         try:
@@ -71,6 +67,16 @@ def detect_gpus(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
             parts = [p.strip() for p in line.split(",", 2)]
             if len(parts) == 3 and parts[0].isdigit():
                 rows.append((parts[0], parts[1], parts[2]))
+    return rows
+
+
+def detect_gpus(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The visible GPUs as (CUDA_VISIBLE_DEVICES value, hardware label), in nvidia-smi's (PCI bus) order.
+
+    CUDA_VISIBLE_DEVICES, when set, chooses the GPUs (by index or UUID; "" or "-1" means none); nvidia-smi names them.
+    """
+    env = os.environ if env is None else env
+    rows = _nvidia_smi(env)
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return [(index, gpu_label(name)) for index, _, name in rows]
@@ -131,6 +137,19 @@ def _killpg(pgid: int | None, sig: int) -> None:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _kill_orphaned_run(workdir: str) -> None:
+    """After its wrapper died, kill the command it left behind, so a re-queued run does not share the slot with it.
+
+    Only a group whose leader still runs in this run's directory is killed (the group id could otherwise be another's).
+    """
+    pgid = (_read_json(os.path.join(workdir, RUN_FILE)) or {}).get("pgid")
+    try:
+        if pgid and os.readlink(f"/proc/{pgid}/cwd") == os.path.realpath(workdir):
+            _killpg(pgid, signal.SIGKILL)
+    except OSError:  # gone already, or no procfs to check it with
+        pass
 
 
 def _pidfd(pid: int) -> int | None:
@@ -204,8 +223,9 @@ class LocalExecutor(Executor):
     def __init__(self, slots: int | None = None, gpus: list[str] | None = None, threads_per_slot: int = 1,
                  state_dir: Path | None = None, grace_s: float = 5.0):
         if gpus:
-            labels = dict(detect_gpus())
-            self._workers = [Worker(f"local-gpu{g}", hardware=labels.get(str(g), "gpu")) for g in gpus]
+            labels = {key: gpu_label(name) for index, uuid, name in _nvidia_smi(os.environ) for key in (index, uuid)}
+            self._workers = [Worker(f"local-gpu{g}" if str(g).isdigit() else f"local-{g}",
+                                    hardware=labels.get(str(g), "gpu")) for g in gpus]
             self._gpu = {w.id: str(g) for w, g in zip(self._workers, gpus)}
         else:
             slots = 1 if slots is None else slots
@@ -299,6 +319,7 @@ class LocalExecutor(Executor):
             if exit_info is None and not run.wrapper_alive():
                 exit_info = _read_json(run.exit_path)  # it may have written the file just before it ended
                 if exit_info is None:
+                    _kill_orphaned_run(run.workdir)
                     exit_info = {"exit_code": -9} if run.cancelled else {"infra_failure": "the run's wrapper died"}
             lines = run.read_lines(final=exit_info is not None)
             if exit_info is None:
@@ -352,6 +373,7 @@ class LocalExecutor(Executor):
         # The exit file is looked for again after the wrapper: it may have finished between the two looks.
         if exit_file.exists() or _is_our_wrapper(data.get("wrapper_pid"), workdir) or exit_file.exists():
             return Handle(experiment_id, data.get("worker_id", "local"), dict(data))
+        _kill_orphaned_run(workdir)  # the scheduler re-queues it: what is left of the old run must not compete
         return None
 
     def close(self) -> None:
