@@ -19,7 +19,7 @@ class UnknownName(FleetlabError):
     """An unknown fleet, strategy, template or surface name; the message lists the valid ones."""
 
     def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...]):
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s are: {', '.join(sorted(valid))}")
+        super().__init__(f"unknown {kind} {name!r}; valid {kind} names are: {', '.join(sorted(valid))}")
         self.kind, self.name, self.valid = kind, name, list(valid)
 
 

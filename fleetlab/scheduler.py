@@ -287,7 +287,9 @@ class Scheduler:
         else:
             left = 1 << 30
         free = len(self._workers) - len(self._running)
-        want = free + self.lookahead - len(self._queue)
+        # a slow strategy (an LLM) may ask to keep more queued: the runs that end while it thinks
+        lookahead = max(self.lookahead, int(getattr(self.strategy, "lookahead_hint", 0) or 0))
+        want = free + lookahead - len(self._queue)
         return max(0, min(want, left))
 
     def _request_proposals(self) -> None:
@@ -672,14 +674,23 @@ class Scheduler:
         self.store.add_decision(exp.id, Decision("discard", "cancelled"), self.clock.now())
 
     def _maybe_export(self, force: bool = False) -> None:
-        if not self.export_tsv or not self._tsv_dirty:
+        """Rewrite results.tsv and checkpoint the session's accounting, at most once a second of real time
+        (a SIGKILLed orchestrator loses at most that much of its worker-hour accounting)."""
+        if not self._tsv_dirty:
             return
         now = _time.time()
         if not force and now - self._tsv_written_at < 1.0:
             return
-        from fleetlab.store.tsv import write_results_tsv
+        if self.export_tsv:
+            from fleetlab.store.tsv import write_results_tsv
 
-        write_results_tsv(self.project, self.store)
+            write_results_tsv(self.project, self.store)
+        if not getattr(self.clock, "virtual", False):
+            acc = self.accounting()
+            self.store.save_session(self.tag, updated_at=self.clock.now(), busy_s=self._busy_s,
+                                    available_s=acc["available_s"], cost_usd=acc["cost_usd"])
+            self._available_base, self._cost_base = acc["available_s"], acc["cost_usd"]
+            self._segment_start = self.clock.now()
         self._tsv_written_at = now
         self._tsv_dirty = False
 

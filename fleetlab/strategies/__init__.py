@@ -78,6 +78,8 @@ def _construct(name: str, kw: dict[str, Any]) -> Strategy:
     import inspect
 
     cls = _load(name)
+    if cls.__init__ is object.__init__:
+        return cls()
     sig = inspect.signature(cls.__init__)
     takes_all = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     args = {k: v for k, v in kw.items() if takes_all or k in sig.parameters}

@@ -1,0 +1,93 @@
+"""One fault per final state: a run that exits 1, sleeps past the timeout, prints NaN, prints no metric, or edits
+a read-only file. Variants go in through `fleetlab submit`, the way an external agent would send them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import fleetlab_cmd, set_budget
+
+from fleetlab.store.sqlite import SQLiteStore
+
+FAULTS = {
+    "crash": ("import sys\nprint('about to fail')\nsys.exit(1)\n", "crash"),
+    "timeout": ("import time, subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('sleeping')\ntime.sleep(300)\n",
+                "timeout"),
+    "nan": ("print('val_loss: nan')\nraise SystemExit(0)\n", "nan"),
+    "no_metric": ("print('I forgot to print the metric')\nraise SystemExit(0)\n", "no_metric"),
+    "tamper": ("open('prepare.py', 'a').write('# changed by the run\\n')\nprint('val_loss: 0.01')\n"
+               "raise SystemExit(0)\n", "tampered"),
+}
+
+
+def test_every_final_state(mlp_project: Path, tmp_path: Path):
+    set_budget(mlp_project, 1.0, timeout=4)
+    ids = {}
+    for name, (prefix, _) in FAULTS.items():
+        variant = tmp_path / f"variant-{name}"
+        shutil.copytree(mlp_project, variant, ignore=shutil.ignore_patterns(".git", ".fleetlab"))
+        train = variant / "train.py"
+        train.write_text(prefix + train.read_text())
+        r = fleetlab_cmd("submit", "-C", str(mlp_project), "--from", str(variant), "-m", f"fault: {name}", check=True)
+        ids[name] = r.stdout.strip()
+    r = fleetlab_cmd("run", "-C", str(mlp_project), "--fleet", "local:2", "--strategy", "none",
+                     "--max-experiments", str(len(FAULTS) + 1), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = SQLiteStore(mlp_project / ".fleetlab" / "fleetlab.db")
+    for name, (_, state) in FAULTS.items():
+        e = store.get(ids[name])
+        assert e.state.value == state, (name, e.state, e.log_tail)
+        assert e.metric is None
+        assert e.log_tail, name  # the log tail is kept with every failure
+        assert store.decisions()[e.id].status == "crash"
+    assert "about to fail" in store.get(ids["crash"]).log_tail
+    assert "I forgot" in store.get(ids["no_metric"]).log_tail
+    # the timed-out run's child was killed with its process group
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
+    for pid in out:
+        cwd = Path(f"/proc/{pid}/cwd")
+        assert not (cwd.exists() and str(mlp_project) in str(cwd.resolve())), "a timed-out child survived"
+    # the project's own read-only file was never touched: only the snapshot was
+    assert "changed by the run" not in (mlp_project / "prepare.py").read_text()
+    tsv = (mlp_project / "results.tsv").read_text().splitlines()
+    crash_rows = [ln for ln in tsv[1:] if ln.split("\t")[3] == "crash"]
+    assert len(crash_rows) == len(FAULTS)
+    assert all(ln.split("\t")[1] == "0.000000" and ln.split("\t")[2] == "0.0" for ln in crash_rows)
+    baseline = [e for e in store.experiments() if e.role == "baseline"]
+    assert len(baseline) == 1 and baseline[0].state.value == "done"
+
+
+def test_cancel_on_interrupt(mlp_project: Path):
+    """SIGINT (Ctrl-C) stops cleanly: running experiments are cancelled and recorded as such."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    set_budget(mlp_project, 30, timeout=60)
+    p = subprocess.Popen([sys.executable, "-m", "fleetlab.cli", "run", "-C", str(mlp_project), "--fleet", "local:2",
+                          "--strategy", "random"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = mlp_project / ".fleetlab" / "fleetlab.db"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if db.exists() and SQLiteStore(db).count(states=[__import__("fleetlab.experiment").experiment.State.RUNNING]) >= 2:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    store = SQLiteStore(db)
+    exps = store.experiments()
+    states = [e.state.value for e in exps]
+    assert states.count("cancelled") == 2, states
+    assert all(e.state.is_final or e.state.value == "queued" for e in exps)
+    assert store.sessions()[-1]["status"] == "interrupted"
+    for e in exps:
+        pid = (e.handle or {}).get("wrapper_pid")
+        if pid:
+            assert not Path(f"/proc/{pid}").exists() or b"_wrapper" not in Path(f"/proc/{pid}/cmdline").read_bytes()
