@@ -169,6 +169,11 @@ def test_env_thread_limits_and_workdir_reach_the_run(tmp_path):
     assert lines[-2] == "CUDA=" and lines[-1] == h.data["workdir"]  # a CPU slot hides the GPUs
 
 
+def test_the_command_gets_default_signal_dispositions(ex, tmp_path):
+    lines, u = wait(ex, submit(ex, tmp_path, "yes | head -n 1; echo done"))  # `yes` ends by SIGPIPE, silently
+    assert lines == ["y", "done"] and u.exit_code == 0
+
+
 def test_progress_lines_arrive_before_the_end(ex, tmp_path):
     h = submit(ex, tmp_path, "echo 'fleetlab: step=1 metric=2.5'; printf 'val_'; "
                              "while [ ! -f go ]; do sleep 0.01; done; echo 'bpb: 1.0'")
@@ -360,8 +365,9 @@ def test_fleet_specs(tmp_path):
     assert [w.id for w in ex.workers()] == ["local-0", "local-1", "local-2"]
     assert {w.hardware for w in ex.workers()} == {"cpu"} and ex.SUPPORTS >= {"reattach", "early_stop"}
     assert len(make_executor("local", tmp_path).workers()) == 1
-    with pytest.raises(UnknownName, match="valid fleets are: local, ray, sim, sky"):
+    with pytest.raises(UnknownName, match="local, ray, sim, sky") as err:
         make_executor("cloud:3", tmp_path)
+    assert err.value.name == "cloud" and sorted(err.value.valid) == ["local", "ray", "sim", "sky"]
 
 
 def test_a_backend_that_is_not_there_is_one_sentence(tmp_path, monkeypatch):

@@ -96,6 +96,8 @@ def main(argv):
             os.chdir(workdir)
             os.close(wake_r)
             os.close(wake_w)
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not inherit that
+                signal.signal(sig, signal.SIG_DFL)
             os.execv("/bin/sh", ["/bin/sh", "-c", command])
         except BaseException as e:  # noqa: BLE001 - report anything and leave with the shell's "cannot run" code
             os.write(2, f"fleetlab wrapper: cannot start the command: {e}\n".encode())
