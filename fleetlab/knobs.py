@@ -129,7 +129,7 @@ class Space:
         base = self._namespace({})
         for expr, code in self._constraint_code:
             try:
-                eval(code, {"__builtins__": {}}, base)
+                eval(code, _EVAL_GLOBALS, base)
             except Exception as e:  # noqa: BLE001 - any failure of the user's expression is reported as config
                 raise ConfigError(f"knobs constraint {expr!r} fails on train.py's own values: {_describe(e)}",
                                   key="knobs.constraints") from None
@@ -158,7 +158,7 @@ class Space:
         ns = self._namespace(config)
         for expr, code in self._constraint_code:
             try:
-                ok = eval(code, {"__builtins__": {}}, ns)
+                ok = eval(code, _EVAL_GLOBALS, ns)
             except Exception as e:  # noqa: BLE001
                 return f"constraint {expr!r} cannot be evaluated ({_describe(e)})"
             if not ok:
@@ -185,7 +185,7 @@ class Space:
             ns[base] = tuple(elems)
         for name, code in self._derived_code:
             try:
-                ns[name] = eval(code, {"__builtins__": {}}, ns)
+                ns[name] = eval(code, _EVAL_GLOBALS, ns)
             except Exception:  # noqa: BLE001 - a derived constant that cannot be computed keeps its file value
                 pass
         return ns
@@ -413,7 +413,7 @@ def _evaluate_derived(constants: dict[str, Any], derived) -> dict[str, Any]:
         if code is None:
             continue
         try:
-            ns[name] = eval(code, {"__builtins__": dict(_CONSTRAINT_FUNCS)}, ns)
+            ns[name] = eval(code, _EVAL_GLOBALS, ns)
         except Exception:  # noqa: BLE001 - not computable from the file alone (an imported name): not a constant
             continue
     return ns
@@ -810,7 +810,43 @@ def _compile_safe(expr: str, known: set[str] | None, key: str | None):
             fail(f"calls something other than {', '.join(_CONSTRAINT_FUNCS)}")
         if isinstance(node, ast.Name) and known is not None and node.id not in known | _CONSTRAINT_FUNCS.keys():
             fail(f"names {node.id}, which is neither a knob nor an UPPERCASE constant of train.py")
+    tree = ast.fix_missing_locations(_Guard().visit(tree))
     return compile(tree, "<constraint>", "eval")
+
+
+def _pow(a, b):
+    if _is_number(b) and abs(b) > 1024:
+        raise ValueError(f"exponent {b} is too large")
+    return a ** b
+
+
+def _lshift(a, b):
+    if _is_number(b) and b > 1024:
+        raise ValueError(f"shift {b} is too large")
+    return a << b
+
+
+def _mul(a, b):
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, (str, tuple, list)) and _is_number(n) and n * max(len(seq), 1) > 10**6:
+            raise ValueError("repetition is too large")
+    return a * b
+
+
+_GUARDS = {ast.Pow: "_pow", ast.LShift: "_lshift", ast.Mult: "_mul"}
+_EVAL_GLOBALS = {"__builtins__": {**_CONSTRAINT_FUNCS, "_pow": _pow, "_lshift": _lshift, "_mul": _mul}}
+
+
+class _Guard(ast.NodeTransformer):
+    """Routes `**`, `<<` and `*` through size checks, so no expression can hang or exhaust the orchestrator."""
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        name = _GUARDS.get(type(node.op))
+        if name is None:
+            return node
+        return ast.copy_location(ast.Call(func=ast.Name(name, ast.Load()), args=[node.left, node.right], keywords=[]),
+                                 node)
 
 
 @functools.lru_cache(maxsize=256)

@@ -555,3 +555,16 @@ def test_numpy_scalars_from_optimizers_are_accepted():
     knobs = read_knobs(apply_knobs(AUTORESEARCH, config))
     assert type(knobs["DEPTH"]) is int and knobs["DEPTH"] == 16 and knobs["MATRIX_LR"] == 0.05
     assert knobs["ADAM_BETAS[0]"] == 0.75 and type(knobs["ADAM_BETAS[0]"]) is float
+
+
+def test_huge_expressions_cannot_hang_the_orchestrator():
+    src = "BIG = 10**10**10\nHUGE = 'x' * 10**12\nWIDE = 1 << 10**9\nDEPTH = 8\nOK = 2**DEPTH * 3\n"
+    start = time.perf_counter()
+    constants = read_constants(src)
+    assert time.perf_counter() - start < 1.0
+    assert constants == {"DEPTH": 8, "OK": 768}
+    space = infer_space(src, constraints=["2**DEPTH <= 65536"])
+    assert space.violation({"DEPTH": 16}) is None and space.violation({"DEPTH": 32}) is not None
+    with pytest.raises(ConfigError) as e:
+        infer_space(src, constraints=["DEPTH ** 10**6 > 0"])
+    assert "too large" in one_sentence(e.value)
