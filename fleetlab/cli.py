@@ -342,7 +342,9 @@ def cmd_analyze(a) -> int:
 def cmd_quickstart(a) -> int:
     from fleetlab.quickstart import quickstart
 
-    return quickstart(Path(a.dir), minutes=a.minutes, fleet=a.fleet, template=a.template)
+    console = _console()
+    return quickstart(Path(a.dir), minutes=a.minutes, fleet=a.fleet, template=a.template,
+                      on_event=_Printer(console, "val_bpb" if a.template == "gpt" else "val_loss"), say=console.print)
 
 
 def cmd_bench(a) -> int:
