@@ -31,7 +31,7 @@ from fleetlab.store.sqlite import SQLiteStore
 from fleetlab.strategies._base import Context, Strategy
 
 # roles dispatched before exploration: they decide what is kept
-_PRIORITY = {"baseline": 0, "validate": 0, "replicate": 1, "combine": 2}
+_PRIORITY = {"baseline": 0, "replicate": 0, "validate": 1, "combine": 2}  # replicates first: verdicts wait on them
 
 
 @dataclass
@@ -571,7 +571,12 @@ class Scheduler:
             return False
         if self._strategy_done or self._draining:
             return True
-        return self._want() == 0 and not self.keep_rule.followups(self)
+        if self._want() != 0:
+            return False
+        followups = self.keep_rule.followups(self)  # a rule hands each follow-up out once: queue it, never drop it
+        if followups:
+            self._accept(followups)
+        return not self._queue
 
     def _baseline_failed(self) -> str | None:
         if self._incumbent is not None:

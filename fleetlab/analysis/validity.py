@@ -1,0 +1,454 @@
+"""The research-validity keep rule: a measured noise floor, hardware-aware comparisons, screening then validation.
+
+How a result travels (every number it is judged by lands in `Decision.numbers`, which `fleetlab show` prints):
+
+1. The baseline runs `baseline_replicates` times (own seeds); each new incumbent is re-replicated, its replicates
+   spread across the fleet's hardware classes, so σ per class and the hardware effects are measured all along.
+2. A screening run (role explore/combine) is compared with the incumbent on its own hardware class, or on metrics
+   normalised by the estimated hardware effect when the incumbent has no run on that class yet. Beating it by more
+   than k·σ promotes it: `pending`, and R validation replicates are queued on the validate tier.
+3. When they are in, the candidate is kept only if their mean beats the incumbent's in a one-sided Welch test at α
+   and by more than `min_effect`; otherwise it is discarded as a screening false positive. The verdict reaches the
+   scheduler through `pop_decisions()`.
+4. Simplicity: a change that removes code and is equal to the incumbent within noise is validated too, and kept
+   unless the validation shows it is worse; a small gain bought with many added lines is kept but flagged.
+5. Combinations: two changes validated as improvements over the same parent are merged (knobs) and the merge is
+   screened like any candidate.
+
+Degenerate case (no noise known: one baseline run and `default_sigma` 0, or replicates that agree exactly): the rule
+falls back to "better than the incumbent by more than min_effect", like autoresearch's, with no validation.
+Everything is incremental: judging a run costs O(1) apart from rare events (a new incumbent, a verdict).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetlab.analysis.hardware import assign_tiers, offsets, rank_classes
+from fleetlab.analysis.keep import KeepRule, View
+from fleetlab.analysis.noise import UNBIASED_ROLES, Measurements, Stat
+from fleetlab.experiment import Decision, Experiment, Proposal, State
+
+__all__ = ["ValidityKeepRule", "welch_one_sided"]
+
+SCREEN_ROLES = ("explore", "combine")
+
+
+def welch_one_sided(a: Stat, b: Stat, goal: str, sigma: float | None = None, df: int = 0) -> tuple[float, float, float]:
+    """(t, p, dof) of the one-sided Welch test "a is better than b".
+
+    Each side's variance is its own sample variance, or the class's pooled σ² when that estimate rests on more
+    degrees of freedom (`df`) than the sample's n − 1: the same quantity, better measured. The degrees of freedom are
+    Welch–Satterthwaite's. With three runs a side the pure sample version has about 4 degrees of freedom and misses
+    a third of 3σ improvements; the pooled σ keeps the test honest (α holds) and gives it power.
+    """
+    from scipy import stats
+
+    def side(s: Stat) -> tuple[float | None, int]:
+        if sigma is not None and df > max(0, s.n - 1):
+            return sigma * sigma, df
+        return (s.var, s.n - 1) if s.n > 1 else (None, 0)
+
+    (var_a, df_a), (var_b, df_b) = side(a), side(b)
+    diff = (b.mean - a.mean) if goal == "minimize" else (a.mean - b.mean)  # > 0: a is better
+    if var_a is None or var_b is None or var_a / a.n + var_b / b.n <= 0:
+        sign = math.inf if diff > 0 else -math.inf if diff < 0 else 0.0
+        return sign, (0.0 if diff > 0 else 1.0), 0.0
+    va, vb = var_a / a.n, var_b / b.n
+    t = diff / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va * va / df_a + vb * vb / df_b)
+    return t, float(stats.t.sf(t, dof)), dof
+
+
+@dataclass
+class _Pending:
+    cand: str
+    key: str
+    parent: str | None
+    want: int
+    simplify: bool
+    screen: dict[str, Any]
+    hardware: dict[str, int] = field(default_factory=dict)  # validation runs per class
+    ended: int = 0
+
+
+class ValidityKeepRule(KeepRule):
+    name = "validity"
+
+    def __init__(self, k_sigma: float = 1.0, replicates: int = 3, baseline_replicates: int = 3, alpha: float = 0.05,
+                 min_effect: float = 0.0, default_sigma: float = 0.0, tiers: dict[str, str] | None = None,
+                 flag_lines: int = 20, combine: bool = True):
+        self.k_sigma = float(k_sigma)
+        self.replicates = max(1, int(replicates))
+        self.baseline_replicates = max(1, int(baseline_replicates))
+        self.alpha = float(alpha)
+        self.min_effect = float(min_effect)
+        self.default_sigma = float(default_sigma)
+        self.configured_tiers = dict(tiers or {})
+        self.flag_lines = int(flag_lines)
+        self.combine = combine
+        self.meas = Measurements()
+        self._screen: dict[str, tuple[str, float]] = {}     # variant key -> its first screening (hardware, value)
+        self._pending: dict[str, _Pending] = {}             # candidate id -> validation under way
+        self._waiting: list[_Pending] = []                  # validated, waiting for comparable incumbent runs
+        self._verdicts: list[tuple[str, Decision]] = []
+        self._out: list[Proposal] = []
+        self._inc_seen: str | None = None
+        self._improved: dict[str, list[str]] = {}           # parent id -> candidates validated better than it
+        self._combined: set[frozenset] = set()
+        self._tiers: dict[str, str] = {}
+        self._workers_sig: tuple = ()
+        self._order: list[str] = []                         # classes slowest -> fastest
+        self._off: dict[str, tuple[float, float]] = {}
+        self._off_version = -1
+
+    @classmethod
+    def from_project(cls, project: Any) -> "ValidityKeepRule":
+        v = project.section("validity")
+        tiers = project.section("fleet").get("tiers") or {}
+        return cls(k_sigma=v["k_sigma"], replicates=v["replicates"], baseline_replicates=v["baseline_replicates"],
+                   alpha=v["alpha"], min_effect=v["min_effect"], default_sigma=v["default_sigma"], tiers=tiers)
+
+    # == fleet shape ================================================================================================
+    def _refresh_fleet(self, view: View) -> None:
+        workers = getattr(view, "workers_now", None) or []
+        sig = tuple(sorted({(w.hardware, float(getattr(w, "speed", 1.0) or 1.0)) for w in workers}))
+        if sig != self._workers_sig:
+            self._workers_sig = sig
+            self._order = rank_classes(workers)
+            self._tiers = assign_tiers(workers, self.configured_tiers)
+
+    @property
+    def mixed(self) -> bool:
+        return len(self._order) > 1
+
+    def tier_of(self, worker: Any) -> str:
+        return worker.tier or self._tiers.get(worker.hardware, "validate" if not self.mixed else "screen")
+
+    def validate_class(self) -> str | None:
+        v = [hw for hw in self._order if self._tiers.get(hw) == "validate"]
+        return v[-1] if v else (self._order[-1] if self._order else None)
+
+    def hardware_offsets(self) -> dict[str, float]:
+        """hardware -> additive effect on the metric relative to the slowest class (only classes measured so far)."""
+        if self._off_version != self.meas.version:
+            ref = self._order[0] if self._order else next(iter(self.meas.classes()), None)
+            self._off = offsets(self.meas, ref) if ref else {}
+            self._off_version = self.meas.version
+        return {hw: eff for hw, (eff, _) in self._off.items()}
+
+    # == noise ======================================================================================================
+    def sigma(self, hardware: str | None = None) -> float | None:
+        s = self.meas.sigma(hardware)
+        if s is None and self.default_sigma > 0:
+            return self.default_sigma
+        return s
+
+    def _noise_known(self) -> bool:
+        return self.meas.df() > 0 or self.default_sigma > 0
+
+    # == references =================================================================================================
+    def reference(self, exp: Experiment, hardware: str) -> tuple[Stat, str] | None:
+        """The statistics of `exp`'s variant to compare a run on `hardware` with, and how they were made comparable:
+        within the class, normalised by the hardware effect, or its screening run only."""
+        key = exp.content_hash or exp.id
+        g = self.meas.groups.get(key) or {}
+        s = g.get(hardware)
+        if s is not None and s.n >= 2:
+            return s, "same class"
+        off = self.hardware_offsets()
+        if g and hardware in off and all(hw in off for hw in g):
+            total = Stat()
+            for hw, st in g.items():
+                total = total.merged(st, shift=off[hardware] - off[hw])
+            return total, "hardware-normalised" if set(g) != {hardware} else "same class"
+        if s is not None:
+            return s, "same class"
+        if g:  # other classes only and no effect estimate yet: the closest we have
+            hw, st = max(g.items(), key=lambda kv: kv[1].n)
+            return st, f"{hw} runs (hardware effect not yet measured)"
+        sc = self._screen.get(key)
+        if sc is None and exp.metric is not None:
+            sc = (exp.hardware or hardware, float(exp.metric))
+        if sc is None:
+            return None
+        shift = off.get(hardware, 0.0) - off.get(sc[0], 0.0) if sc[0] in off and hardware in off else 0.0
+        return Stat(1, sc[1] + shift, 0.0), "its screening run"
+
+    def _gain(self, inc: float, cand: float, goal: str) -> float:
+        return inc - cand if goal == "minimize" else cand - inc
+
+    # == judging ====================================================================================================
+    def judge(self, exp: Experiment, view: View) -> Decision:
+        self._refresh_fleet(view)
+        hw = exp.hardware or "unknown"
+        key = exp.content_hash or exp.id
+        if exp.state is not State.DONE or exp.metric is None:
+            if exp.role == "validate" and exp.parent in self._pending:
+                self._validation_ended(self._pending[exp.parent], None, view)
+            status = "crash" if exp.state.is_failure else "discard"
+            return Decision(status, f"no result ({exp.state.value})")
+        x = float(exp.metric)
+        inc = view.incumbent()
+        if exp.role in UNBIASED_ROLES:
+            self.meas.add(key, hw, x)
+            if self._waiting and inc is not None and key == (inc.content_hash or inc.id):
+                g = self.meas.groups[key]
+                # comparable now, or the incumbent has its share on every class and still nothing: decide anyway
+                self._retry_waiting(view, force=all(g.get(c) is not None and g[c].n >= 2 for c in self._order))
+        elif key not in self._screen:
+            self._screen[key] = (hw, x)
+        nums: dict[str, Any] = {"metric": x, "hardware": hw}
+        if exp.role == "baseline":
+            if inc is None:
+                return Decision("keep", "baseline", nums)
+            return Decision("discard", "baseline replicate", self._with_sigma(nums, hw))
+        if exp.role == "replicate":
+            return Decision("discard", f"replicate of {exp.parent or 'the baseline'}", self._with_sigma(nums, hw))
+        if exp.role == "validate":
+            p = self._pending.get(exp.parent or "")
+            if p is not None:
+                self._validation_ended(p, hw, view)
+            return Decision("discard", f"validation run of {exp.parent}", self._with_sigma(nums, hw))
+        if inc is None:
+            return Decision("discard", "finished before any baseline result: nothing to compare with", nums)
+        return self._screen_decision(exp, inc, hw, x, view)
+
+    def _with_sigma(self, nums: dict[str, Any], hw: str) -> dict[str, Any]:
+        s = self.sigma(hw)
+        if s is not None:
+            nums["sigma"] = s
+        nums["sigma_df"] = self.meas.df(hw)
+        return nums
+
+    def _screen_decision(self, exp: Experiment, inc: Experiment, hw: str, x: float, view: View) -> Decision:
+        goal = view.goal
+        ref = self.reference(inc, hw)
+        if ref is None:
+            return Decision("discard", f"the incumbent {inc.id} has no result to compare with", {"metric": x})
+        ref_stat, how = ref
+        d = self._gain(ref_stat.mean, x, goal)
+        net_lines = exp.lines_added - exp.lines_removed
+        nums: dict[str, Any] = {"metric": x, "hardware": hw, "inc": inc.id, "inc_mean": ref_stat.mean,
+                                "inc_n": ref_stat.n, "compared": how, "gain": d,
+                                "lines_added": exp.lines_added, "lines_removed": exp.lines_removed}
+        sigma = self.sigma(hw)
+        if not self._noise_known() or not sigma:
+            # no noise floor (or runs that repeat exactly): autoresearch's rule, with the simplicity criterion
+            nums["sigma"] = sigma
+            if d > self.min_effect:
+                return Decision("keep", self._flag(f"better than {inc.id} by {d:.4g} (no noise measured)",
+                                                   d, sigma, net_lines, nums), nums)
+            if d == 0 and net_lines < 0:
+                return Decision("keep", f"equal to {inc.id} and removes {-net_lines} lines", nums)
+            return Decision("discard", f"not better than {inc.id} ({ref_stat.mean:.6g})", nums)
+        z = d / sigma
+        nums.update(sigma=sigma, z=z, k_sigma=self.k_sigma)
+        if z > self.k_sigma:
+            return self._promote(exp, inc, nums, simplify=False,
+                                 why=f"beats {inc.id} by {d:.4g} = {z:.1f}σ on screening ({how})", view=view)
+        if net_lines < 0 and abs(z) <= self.k_sigma:
+            return self._promote(exp, inc, nums, simplify=True,
+                                 why=f"equal to {inc.id} within noise ({z:+.1f}σ) and removes {-net_lines} lines",
+                                 view=view)
+        verdict = "worse than" if z < -self.k_sigma else "within noise of"
+        return Decision("discard", f"{verdict} {inc.id}: {d:+.4g} = {z:+.1f}σ (needs > {self.k_sigma:g}σ)", nums)
+
+    def _promote(self, exp: Experiment, inc: Experiment, nums: dict[str, Any], simplify: bool, why: str,
+                 view: View) -> Decision:
+        vclass = self.validate_class()
+        self._pending[exp.id] = _Pending(exp.id, exp.content_hash or exp.id, exp.parent, self.replicates, simplify,
+                                         dict(nums))
+        tier = "validate" if self.mixed or self.configured_tiers else None
+        self._out.append(Proposal(description=f"validate {exp.id}: {exp.description}"[:200], parent=exp.id,
+                                  role="validate", replicates=self.replicates, tier=tier,
+                                  hardware=vclass if self.mixed and not self.configured_tiers else None,
+                                  strategy="validity"))
+        nums.update(validate_on=vclass or "any", replicates=self.replicates)
+        return Decision("pending", f"{why}; validating with {self.replicates} runs on {vclass or 'any worker'}", nums)
+
+    def _validation_ended(self, p: _Pending, hw: str | None, view: View) -> None:
+        p.ended += 1
+        if hw is not None:
+            p.hardware[hw] = p.hardware.get(hw, 0) + 1
+        if p.ended >= p.want:
+            del self._pending[p.cand]
+            self._try_verdict(p, view)
+
+    def _try_verdict(self, p: _Pending, view: View, force: bool = False) -> None:
+        """Reach the verdict, unless the incumbent has no comparable run on the validation class yet (its replicates
+        there are on their way): then wait for them rather than compare across classes blindly."""
+        d = self._verdict(p, view)
+        if not force and d.numbers.get("compared") not in (None, "same class", "hardware-normalised"):
+            self._waiting.append(p)
+            return
+        self._verdicts.append((p.cand, d))
+
+    def _retry_waiting(self, view: View, force: bool = False) -> None:
+        waiting, self._waiting = self._waiting, []
+        for p in waiting:
+            self._try_verdict(p, view, force)
+
+    def _verdict(self, p: _Pending, view: View) -> Decision:
+        goal = view.goal
+        if not p.hardware:
+            return Decision("discard", "every validation run failed", p.screen)
+        vhw = max(p.hardware, key=p.hardware.get)
+        cand = self.meas.stat(p.key, vhw)
+        inc = view.incumbent()
+        try:
+            cand_exp = view.get(p.cand)
+        except Exception:
+            cand_exp = None
+        nums: dict[str, Any] = {"screening": p.screen, "validated_on": vhw}
+        if inc is None or cand is None:
+            return Decision("discard", "nothing to validate against", nums)
+        ref = self.reference(inc, vhw)
+        if ref is None:
+            return Decision("discard", f"the incumbent {inc.id} has no result to validate against", nums)
+        inc_stat, how = ref
+        sigma = self.sigma(vhw)
+        t, pval, dof = welch_one_sided(cand, inc_stat, goal, self.meas.sigma(vhw), self.meas.df(vhw))
+        d = self._gain(inc_stat.mean, cand.mean, goal)
+        nums.update(mean=cand.mean, n=cand.n, sd=math.sqrt(cand.var) if cand.var is not None else None,
+                    inc=inc.id, inc_mean=inc_stat.mean, inc_n=inc_stat.n,
+                    inc_sd=math.sqrt(inc_stat.var) if inc_stat.var is not None else None, compared=how,
+                    gain=d, t=t, p=pval, dof=dof, alpha=self.alpha, min_effect=self.min_effect, sigma=sigma)
+        d_ = self._decide(p, inc, cand, inc_stat, how, cand_exp, nums, d, t, pval, sigma, view)
+        if d_.status != "keep" and cand_exp is not None and p.parent and p.parent != inc.id:
+            self._note_parent_improvement(p, vhw, view)
+        return d_
+
+    def _decide(self, p, inc, cand, inc_stat, how, cand_exp, nums, d, t, pval, sigma, view) -> Decision:
+        net = (cand_exp.lines_added - cand_exp.lines_removed) if cand_exp is not None else 0
+        if p.simplify:
+            p_worse = 1.0 - pval
+            nums["p_worse"] = p_worse
+            if p_worse >= self.alpha:
+                return self._keep(p, inc, nums, f"validated: not worse than {inc.id} (p={p_worse:.3g} for worse, "
+                                                f"{d:+.4g}) and removes {-net} lines", view)
+            return Decision("discard", f"simplification is worse than {inc.id}: {d:+.4g} (p={p_worse:.3g})", nums)
+        if pval < self.alpha and d > self.min_effect:
+            why = self._flag(f"validated: beats {inc.id} by {d:.4g} (Welch t={t:.2f}, p={pval:.3g}, n={cand.n} vs "
+                             f"{inc_stat.n}, {how})", d, sigma, net, nums)
+            return self._keep(p, inc, nums, why, view)
+        fail = f"p={pval:.3g} ≥ α={self.alpha:g}" if pval >= self.alpha else f"gain {d:.4g} ≤ min_effect"
+        return Decision("discard", f"screening false positive: validated mean {cand.mean:.6g} vs {inc.id}'s "
+                                   f"{inc_stat.mean:.6g} ({fail})", nums)
+
+    def _flag(self, why: str, d: float, sigma: float | None, net_lines: int, nums: dict[str, Any]) -> str:
+        if net_lines >= self.flag_lines and (not sigma or d < self.k_sigma * sigma):
+            nums["simplicity_flag"] = True
+            return f"{why}; flagged: a small gain for +{net_lines} lines of code"
+        return why
+
+    def _keep(self, p: _Pending, inc: Experiment, nums: dict[str, Any], why: str, view: View) -> Decision:
+        if p.parent:
+            lst = self._improved.setdefault(p.parent, [])
+            if p.cand not in lst:
+                lst.append(p.cand)
+            self._propose_combinations(p.parent, p.cand, view, kept=True)
+        return Decision("keep", why, nums)
+
+    def _note_parent_improvement(self, p: _Pending, vhw: str, view: View) -> None:
+        """A candidate that did not beat the (newer) incumbent may still beat its own parent: remember it for merging."""
+        try:
+            parent = view.get(p.parent)
+        except Exception:
+            return
+        ref = self.reference(parent, vhw)
+        cand = self.meas.stat(p.key, vhw)
+        if ref is None or cand is None:
+            return
+        _, pval, _ = welch_one_sided(cand, ref[0], view.goal, self.meas.sigma(vhw), self.meas.df(vhw))
+        if pval < self.alpha and self._gain(ref[0].mean, cand.mean, view.goal) > self.min_effect:
+            lst = self._improved.setdefault(p.parent, [])
+            if p.cand not in lst:
+                lst.append(p.cand)
+            self._propose_combinations(p.parent, p.cand, view, kept=False)
+
+    def _propose_combinations(self, parent_id: str, new_id: str, view: View, kept: bool) -> None:
+        if not self.combine:
+            return
+        try:
+            parent = view.get(parent_id)
+            new = view.get(new_id)
+        except Exception:
+            return
+        for other_id in self._improved.get(parent_id, []):
+            pair = frozenset((other_id, new_id))
+            if other_id == new_id or pair in self._combined:
+                continue
+            try:
+                other = view.get(other_id)
+            except Exception:
+                continue
+            if other.edits or new.edits or not other.knobs or not new.knobs:
+                continue  # code edits: a 3-way merge is left to the strategy
+            # the one that will be (or is) the incumbent is the base; the other's change is laid on top
+            base, add = (new, other) if kept else (other, new)
+            change = {k: v for k, v in add.knobs.items() if parent.knobs.get(k) != v}
+            change = {k: v for k, v in change.items() if base.knobs.get(k) != v}
+            self._combined.add(pair)
+            if not change:
+                continue
+            self._out.append(Proposal(description=f"combine {base.id} + {add.id}", parent=base.id, knobs=change,
+                                      role="combine", strategy="validity",
+                                      meta={"combines": [base.id, add.id]}))
+
+    # == follow-ups =================================================================================================
+    def followups(self, view: View) -> list[Proposal]:
+        self._refresh_fleet(view)
+        inc = view.incumbent()
+        if inc is not None and inc.id != self._inc_seen:
+            self._inc_seen = inc.id
+            if self._waiting:
+                self._retry_waiting(view)
+            self._out.extend(self._replicate_incumbent(inc, view))
+        out, self._out = self._out, []
+        return out
+
+    def _replicate_incumbent(self, inc: Experiment, view: View) -> list[Proposal]:
+        """Spread the new incumbent's replicates across the fleet's classes (σ per class, hardware effects)."""
+        key = inc.content_hash or inc.id
+        have: dict[str, int] = {hw: s.n for hw, s in (self.meas.groups.get(key) or {}).items()}
+        classes = self._order or ["unknown"]
+        # runs of this variant still queued or running count too (a scan, but only when the incumbent changes)
+        for e in reversed(view.experiments()):
+            if (e.content_hash or e.id) == key and e.role in UNBIASED_ROLES and not e.state.is_final:
+                hw = e.hardware or e.want_hardware or (classes[0] if self.mixed else classes[-1])
+                if e.hardware is None and e.want_hardware is None and self.mixed:
+                    hw = max(classes, key=lambda c: sum(1 for w in getattr(view, "workers_now", []) if w.hardware == c))
+                have[hw] = have.get(hw, 0) + 1
+        props = []
+        if not self.mixed:
+            want = self.replicates - sum(have.values())
+            if want > 0:
+                props.append(Proposal(description=f"replicate incumbent {inc.id}", parent=inc.id, role="replicate",
+                                      replicates=want, strategy="validity"))
+            return props
+        per_class = max(2, math.ceil(self.replicates / len(classes)))
+        for hw in classes:
+            want = per_class - have.get(hw, 0)
+            if want > 0:
+                props.append(Proposal(description=f"replicate incumbent {inc.id} on {hw}", parent=inc.id,
+                                      role="replicate", replicates=want, hardware=hw, strategy="validity"))
+        return props
+
+    def pop_decisions(self) -> list[tuple[str, Decision]]:
+        out, self._verdicts = self._verdicts, []
+        return out
+
+    # == for reports and strategies =================================================================================
+    def estimate(self, exp: Experiment, hardware: str | None = None) -> float | None:
+        """The best estimate of a variant's metric on `hardware` (default: the fastest class)."""
+        hw = hardware or (self._order[-1] if self._order else exp.hardware or "unknown")
+        ref = self.reference(exp, hw)
+        return ref[0].mean if ref else exp.metric
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "k_sigma": self.k_sigma, "replicates": self.replicates, "alpha": self.alpha,
+                "min_effect": self.min_effect, "sigma": self.meas.summary(), "hardware_offsets": self.hardware_offsets(),
+                "tiers": dict(self._tiers), "pending": sorted(self._pending)}
