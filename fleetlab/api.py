@@ -42,10 +42,17 @@ def knob_space(project: Project):
     """The search space inferred from the knob file and fleetlab.toml's [knobs] (None if the file has no knobs)."""
     if not project.knob_file.endswith(".py"):
         return None
-    from fleetlab.knobs import infer_space
+    from fleetlab.knobs import infer_space, read_constants
 
+    constants: dict[str, Any] = {}  # read-only files' constants (e.g. prepare.py's MAX_SEQ_LEN) for constraints
+    for rel in project.readonly:
+        if rel.endswith(".py"):
+            try:
+                constants.update(read_constants((project.root / rel).read_text()))
+            except SyntaxError:
+                pass
     return infer_space((project.root / project.knob_file).read_text(), project.knob_overrides,
-                       list(project.constraints))
+                       list(project.constraints), constants=constants)
 
 
 def current_tag(store: SQLiteStore) -> str | None:

@@ -767,7 +767,8 @@ def _override(knob: Knob, spec: dict, key: str) -> Knob:
     high = knob.high if high is None else high
     if not (_is_number(low) and _is_number(high)) or low > high:
         raise ConfigError(f"{key} needs numbers low <= high, not low={low!r}, high={high!r}", key=key)
-    log = bool(spec.get("log", knob.log))
+    # an inferred log scale does not survive an explicit range that starts at or below zero; an explicit log does
+    log = bool(spec.get("log", knob.log and low > 0))
     if log and low <= 0:
         raise ConfigError(f"{key} asks for a log range but low={low!r} is not positive", key=key)
     if knob.kind == "pow2":
