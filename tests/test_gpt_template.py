@@ -162,6 +162,16 @@ def test_climbmix_download_against_a_local_server(tmp_path, shard_server, prepar
         first = tok.decode(x[0, 1:].tolist())
         assert any(d.startswith(first[:40]) for d in docs), (split, first)
 
+    # tinystories: two text files of stories separated by <|endoftext|>, through the same download code
+    stories = tmp_path / "stories"
+    (served / "TinyStoriesV2-GPT4-train.txt").write_text("<|endoftext|>".join(f"Story {i}." for i in range(30)))
+    (served / "TinyStoriesV2-GPT4-valid.txt").write_text("Val one.<|endoftext|>\nVal two.\n")
+    out = subprocess.run(prepare_cmd("--source", "tinystories", "--vocab-size", "byte"),
+                         env=run_env(stories, FLEETLAB_DATA_URL=url), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert pq.read_table(stories / "data" / "val.parquet").column("text").to_pylist() == ["Val one.", "Val two."]
+    assert pq.read_table(stories / "data" / "train_00000.parquet").column("text").to_pylist()[-1] == "Story 29."
+
     # a file the server does not have: retried, then reported as a failure, with nothing left behind
     missing = tmp_path / "missing.parquet"
     assert prepare_module.download(f"{url}/nope.parquet", missing, max_attempts=2, retry_delay=0.01) is False
@@ -204,6 +214,21 @@ def test_packing_dataloader_rows_start_with_bos_and_hold_no_padding(tmp_path, pr
             assert all(text in whole_docs for text in texts[:-1]), texts  # only the row's last document is cropped
             whole += sum(text in whole_docs for text in texts)
     assert whole > 40 * B * 2  # short documents: best fit puts several whole ones in each row
+
+
+def test_files_source_pins_validation_files_by_path(tmp_path, prepare_module):
+    texts = tmp_path / "notes"
+    for i in range(60):
+        (texts / f"dir{i % 3}").mkdir(parents=True, exist_ok=True)
+        (texts / f"dir{i % 3}" / f"note{i}.md").write_text(f"Note {i}.\n\n\nSecond part of note {i}.\n")
+    (texts / "binary.md").write_bytes(b"\xff\xfe\x00bad")  # not UTF-8: skipped
+    cache = tmp_path / "cache"
+    prepare_module.prepare_data(cache, f"files:{texts}/**/*.md")
+    val = pq.read_table(cache / "data" / "val.parquet").column("text").to_pylist()
+    train = pq.read_table(cache / "data" / "train_00000.parquet").column("text").to_pylist()
+    assert len(val) + len(train) == 120 and not set(val) & set(train)
+    expected_val = {f"dir{i % 3}/note{i}.md" for i in range(60) if prepare_module.is_val_path(f"dir{i % 3}/note{i}.md")}
+    assert {f"Note {i}." for i in range(60) if f"dir{i % 3}/note{i}.md" in expected_val} == {v for v in val if v.startswith("Note")}
 
 
 class _Unigram(torch.nn.Module):

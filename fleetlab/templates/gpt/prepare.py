@@ -16,6 +16,7 @@ prepared directory through ~/.cache/fleetlab/gpt/last_prepared unless FLEETLAB_C
 import argparse
 import glob
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -109,13 +110,18 @@ def write_corpus(directory, source, train_docs, val_docs):
     directory = Path(directory)
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
-    files = {"train": [], "val": []}
-    for i in range(0, max(len(train_docs), 1), DOCS_PER_SHARD):
-        path = data / f"train_{i // DOCS_PER_SHARD:05d}.parquet"
-        _write_parquet(path, train_docs[i:i + DOCS_PER_SHARD])
+    files = {"train": [], "val": ["val.parquet"]}
+    train_docs = iter(train_docs)  # any iterable: a large source streams through in shards
+    while True:
+        chunk = list(itertools.islice(train_docs, DOCS_PER_SHARD))
+        if not chunk and files["train"]:
+            break
+        path = data / f"train_{len(files['train']):05d}.parquet"
+        _write_parquet(path, chunk)
         files["train"].append(path.name)
-    _write_parquet(data / "val.parquet", val_docs)
-    files["val"].append("val.parquet")
+        if len(chunk) < DOCS_PER_SHARD:
+            break
+    _write_parquet(data / "val.parquet", list(val_docs))
     write_manifest(directory, source, files)
 
 
@@ -240,14 +246,27 @@ def prepare_tinystories(directory, retry_delay=1.0):
     base = os.environ.get("FLEETLAB_DATA_URL", BASE_URLS["tinystories"]).rstrip("/")
     raw = Path(directory) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    docs = {}
-    for split, name in TINYSTORIES_FILES.items():
+    for name in TINYSTORIES_FILES.values():
         if not download(f"{base}/{name}", raw / name, retry_delay=retry_delay):
             sys.exit(f"Data: could not download {name} from {base}.")
-        text = (raw / name).read_text(encoding="utf-8", errors="replace")
-        docs[split] = [d.strip() for d in text.split("<|endoftext|>") if d.strip()]
-    print(f"Data: {len(docs['train']):,} train / {len(docs['val']):,} validation stories")
-    write_corpus(directory, "tinystories", docs["train"], docs["val"])
+    write_corpus(directory, "tinystories", _stories(raw / TINYSTORIES_FILES["train"]), _stories(raw / TINYSTORIES_FILES["val"]))
+
+
+def _stories(path, separator="<|endoftext|>"):
+    """Stream the stories of a TinyStories text file (separated by <|endoftext|>)."""
+    lines = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            while separator in line:
+                head, line = line.split(separator, 1)
+                story = "".join(lines + [head]).strip()
+                lines = []
+                if story:
+                    yield story
+            lines.append(line)
+    story = "".join(lines).strip()
+    if story:
+        yield story
 
 
 def prepare_data(directory, source, num_shards=10, retry_delay=1.0):

@@ -290,7 +290,8 @@ class Muon(torch.optim.Optimizer):
                 state["second_buffer"] = torch.zeros(shape, dtype=grads.dtype, device=grads.device)
             for k, t in self._t.items():  # 0-D tensors: changing values do not recompile
                 t.fill_(group[k])
-            t = self._t
+            eager = self.update is muon_update  # compiled: CPU 0-D tensors are fine; eager MPS wants them on device
+            t = {k: v.to(grads.device) if eager else v for k, v in self._t.items()}
             self.update(grads, stacked, state["momentum_buffer"], state["second_buffer"], t["momentum"], t["lr"],
                         t["weight_decay"], t["beta2"], group["ns_steps"])
             torch._foreach_copy_(params, list(stacked.unbind(0)))
@@ -306,7 +307,7 @@ HEAD_DIM = 128           # target attention head dimension
 WINDOW_PATTERN = "SSSL"  # sliding-window pattern over layers: L = full context, S = half context
 
 # Optimization
-TOTAL_BATCH_SIZE = 2**19   # tokens per optimizer step (~524K)
+TOTAL_BATCH_SIZE = 2**19   # tokens per optimizer step
 EMBEDDING_LR = 0.6         # learning rate for token and value embeddings (AdamW)
 UNEMBEDDING_LR = 0.004     # learning rate for lm_head (AdamW)
 MATRIX_LR = 0.04           # learning rate for transformer matrices (Muon)
@@ -389,7 +390,7 @@ else:
 
 train_loader = make_dataloader(tokenizer, device_batch_size, seq_len, "train", device=device)
 x, y, epoch = next(train_loader)
-print(f"Time budget: {time_budget:.0f}s; gradient accumulation steps: {grad_accum_steps}")
+print(f"Time budget: {time_budget:.0f}s; tokens per step: {total_batch_size}; gradient accumulation steps: {grad_accum_steps}")
 
 # Schedules, all driven by progress = training time / budget
 
@@ -511,7 +512,7 @@ total_tokens = step * total_batch_size
 # Final evaluation (the fixed metric from prepare.py)
 model.eval()
 with autocast_ctx:
-    val_bpb = evaluate_bpb(model, tokenizer, device_batch_size)
+    val_bpb = evaluate_bpb(train_model, tokenizer, device_batch_size)
 
 # Final summary
 t_end = time.time()
