@@ -108,6 +108,7 @@ class SimExecutor(Executor):
         self._ends: list[tuple[float, int, str]] = []      # heap of (end, seq, experiment id)
         self._wakes: list[tuple[float, int, str]] = []     # heap of progress times (wake_on_progress only)
         self._seq = 0
+        self._due: set[str] = set()            # ended runs not yet reported by poll
         self._knob_cache: dict[str, dict[str, Any]] = {}
         self._truth: dict[str, float | None] = {}
         self._busy_done = 0.0                   # busy worker-seconds of runs already ended
@@ -152,29 +153,37 @@ class SimExecutor(Executor):
 
     def poll(self, handles: list[Handle]) -> list[Update]:
         now = self.clock.now()
+        # runs whose end has come, from the heap of end times: a poll costs O(handles) set look-ups, not more
+        due = self._due
+        while self._ends and self._ends[0][0] <= now:
+            entry = heapq.heappop(self._ends)
+            if not self._stale_end(entry):
+                due.add(entry[2])
         updates = []
         for h in handles:
-            run = self._runs.get(h.experiment_id)
-            if run is None or run.done:
-                if run is None:
-                    updates.append(Update(h.experiment_id, True, infra_failure="the simulated fleet has no such run"))
-                continue
-            if run.end <= now:
+            exp_id = h.experiment_id
+            if exp_id in due:
+                due.discard(exp_id)
+                run = self._runs[exp_id]
                 lines = [line for _, line in run.progress[run.shown:]] + self._final_lines(run)
                 run.shown = len(run.progress)
                 run.lines.extend(lines)
                 self._finish(run)
                 exit_code = -15 if run.cancelled else -9 if run.timed_out else (0 if run.result.get("metric") is not None else 1)
-                updates.append(Update(h.experiment_id, True, tuple(lines), exit_code=exit_code, timed_out=run.timed_out,
+                updates.append(Update(exp_id, True, tuple(lines), exit_code=exit_code, timed_out=run.timed_out,
                                       started_at=run.start, finished_at=run.end))
-            elif run.shown < len(run.progress) and run.progress[run.shown][0] <= now:
+                continue
+            run = self._runs.get(exp_id)
+            if run is None:
+                updates.append(Update(exp_id, True, infra_failure="the simulated fleet has no such run"))
+            elif run.progress and not run.done and run.shown < len(run.progress) and run.progress[run.shown][0] <= now:
                 i = run.shown
                 while i < len(run.progress) and run.progress[i][0] <= now:
                     i += 1
                 lines = [line for _, line in run.progress[run.shown:i]]
                 run.shown = i
                 run.lines.extend(lines)
-                updates.append(Update(h.experiment_id, False, tuple(lines), started_at=run.start))
+                updates.append(Update(exp_id, False, tuple(lines), started_at=run.start))
         return updates
 
     def logs(self, handle: Handle) -> str:
@@ -198,6 +207,8 @@ class SimExecutor(Executor):
         while self._ends and self._stale_end(self._ends[0]):
             heapq.heappop(self._ends)
         nxt = self._ends[0][0] if self._ends else None
+        if self._due:  # ended, but nobody polled them yet
+            nxt = self.clock.now()
         if self.wake_on_progress:
             now = self.clock.now()
             while self._wakes and (self._wakes[0][0] <= now or self._runs[self._wakes[0][2]].done):

@@ -1,0 +1,110 @@
+"""`fleetlab bench`: the harness runs the real scheduler on the simulated fleet; records, table, plot, references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleetlab.bench.autoresearch import AutoresearchSurface
+from fleetlab.bench.harness import (RECORD_FIELDS, normalize_fleet, render_table, run_bench, run_one, train_py,
+                                    write_plot, write_project)
+from fleetlab.bench.surfaces import NoisyBowl, Quadratic
+
+
+@pytest.fixture(scope="module")
+def ar() -> AutoresearchSurface:
+    return AutoresearchSurface()
+
+
+def test_throwaway_project_reads_back_the_baseline(tmp_path, ar):
+    from fleetlab.api import knob_space
+    from fleetlab.knobs import read_knobs
+    from fleetlab.project import Project
+
+    write_project(ar, tmp_path)
+    text = (tmp_path / "train.py").read_text()
+    assert "TOTAL_BATCH_SIZE = 2**19" in text and "ADAM_BETAS = (0.8, 0.95)" in text
+    assert read_knobs(text) == ar.baseline
+    space = knob_space(Project.load(tmp_path))
+    assert set(space.knobs) == set(ar.space)
+    assert space.knobs["ASPECT_RATIO"].choices == tuple(ar.space["ASPECT_RATIO"]["choices"])
+    assert space.knobs["MATRIX_LR"].log and space.knobs["MATRIX_LR"].high == ar.space["MATRIX_LR"]["high"]
+
+
+def test_train_py_orders_tuples_and_quotes_strings():
+    text = train_py({"B[1]": 0.9, "A": "x y", "B[0]": 0.5, "N": 4096})
+    assert text.splitlines()[2:] == ["B = (0.5, 0.9)", 'A = "x y"', "N = 2**12"]
+
+
+def test_fleet_names():
+    assert normalize_fleet("13xH100+3xH200") == "sim:13xH100+3xH200"
+    assert normalize_fleet("sim:4") == "sim:4"
+
+
+def test_record_fields_and_invariants():
+    bowl = NoisyBowl(sigma=0.002)
+    rec = run_one(bowl, "3xH100+1xH200", "random", 0, hours=2.0, target=0.999, surface_name="noisy-bowl")
+    assert list(rec)[:len(RECORD_FIELDS)] == list(RECORD_FIELDS)
+    assert rec["surface"] == "noisy-bowl" and rec["fleet"] == "3xH100+1xH200" and rec["seed"] == 0
+    assert 0 < rec["utilization"] <= 1.0
+    assert rec["experiments"] >= 4 * 2 * 3600 / 330 * 0.8
+    assert rec["experiments_per_hour"] == pytest.approx(rec["experiments"] / 2.0, rel=0.1)
+    assert rec["optimum"] == bowl.optimum and rec["best_metric"] >= bowl.optimum
+    assert rec["best_metric"] <= bowl.truth(bowl.baseline, "H200")
+    assert rec["cost_usd"] == pytest.approx((3 * 2.0 + 2.3) * 2.0, rel=0.05)
+    assert rec["gpu_hours"] == pytest.approx(8.0, rel=0.05)
+    if rec["hours_to_target"] is not None:
+        assert rec["gpu_hours_to_target"] == pytest.approx(4 * rec["hours_to_target"], rel=0.01)
+        first = next(h for h, m in rec["trajectory"] if m <= 0.999)
+        assert rec["hours_to_target"] == pytest.approx(first, abs=1e-3)
+    assert rec["keeps"] == len(rec["trajectory"]) - 1
+    assert rec["false_keep_rate"] is None or 0.0 <= rec["false_keep_rate"] <= 1.0
+
+
+def test_false_keeps_are_zero_without_noise():
+    rec = run_one(Quadratic(dims=2, seconds=300.0), "4", "seq-greedy", 1, hours=4.0)
+    assert rec["keeps"] > 0 and rec["false_keep_rate"] == 0.0
+
+
+def test_seq_greedy_runs_ten_to_twelve_experiments_an_hour(ar):
+    rec = run_one(ar, "1xH100", "seq-greedy", 0, hours=4.0, surface_name="autoresearch")
+    assert 10.0 <= rec["experiments_per_hour"] <= 12.0
+    assert rec["best_metric"] < 1.003
+
+
+def test_wave_sync_leaves_workers_idle_between_waves(ar):
+    rec = run_one(ar, "13xH100+3xH200", "wave-sync", 0, hours=3.0, surface_name="autoresearch")
+    assert 60 <= rec["experiments_per_hour"] <= 130
+    assert 0.35 <= rec["utilization"] <= 0.7
+
+
+def test_table_plot_and_json(tmp_path, capsys):
+    records = run_bench("quadratic", ["2"], "random,seq-greedy", hours=1.0, seeds=2, target=1.1)
+    assert len(records) == 4 and {r["strategy"] for r in records} == {"random", "seq-greedy"}
+    table = render_table(records)
+    assert table.splitlines()[0].startswith("| fleet | strategy |") and len(table.splitlines()) == 4
+    path = write_plot(records, tmp_path / "bench.png", target=1.1)
+    assert path.stat().st_size > 10_000
+
+    from fleetlab.cli import main
+
+    assert main(["bench", "--surface", "quadratic", "--fleet", "2", "--strategy", "random", "--hours", "0.5",
+                 "--seeds", "1", "--json", "--plot", str(tmp_path / "b.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(RECORD_FIELDS) <= set(out["runs"][0]) and (tmp_path / "b.png").exists()
+
+
+def test_bad_bench_input_is_one_sentence(capsys):
+    from fleetlab.cli import main
+
+    assert main(["bench", "--fleet", "2xTPU", "--hours", "0.1", "--seeds", "1", "--strategy", "random"]) != 0
+    err = capsys.readouterr().err
+    assert "TPU" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_256_workers_for_8_hours_under_60_seconds(ar):
+    rec = run_one(ar, "256xH100", "random", 0, hours=8.0, surface_name="autoresearch")
+    assert rec["wall_s"] < 60
+    assert rec["utilization"] >= 0.95
