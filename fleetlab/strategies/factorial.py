@@ -54,9 +54,10 @@ def full_factorial(k: int, levels: int = 2) -> list[tuple[int, ...]]:
 def fractional_factorial(k: int, runs: int) -> list[tuple[int, ...]]:
     """A balanced 2-level design of k factors in `runs` (a power of two) runs, coded -1/+1.
 
-    The first log2(runs) factors form a full factorial; each further factor is the product of a set of base columns,
-    largest sets first (ABC before AB), which gives the highest resolution this simple rule can reach (IV when
-    k <= runs/2). Every column is balanced and every pair of columns orthogonal as long as k < runs."""
+    The first log2(runs) factors form a full factorial; each further factor is the product of a set of base columns.
+    Odd sets of three or more come first (ABC, ABD, ...): any word then has at least four letters, so the design has
+    resolution IV (main effects clear of two-factor interactions) for k <= runs/2; beyond that even sets follow
+    (resolution III). Every column is balanced and every pair of columns orthogonal."""
     base = int(round(math.log2(runs)))
     if 2 ** base != runs or runs < 2:
         raise ValueError(f"runs must be a power of two >= 2, not {runs}")
@@ -64,7 +65,8 @@ def fractional_factorial(k: int, runs: int) -> list[tuple[int, ...]]:
         raise ValueError(f"{k} factors fit a full factorial of {2 ** k} runs; use full_factorial")
     if k >= runs:
         raise ValueError(f"{k} factors need more than {runs} runs")
-    words = [c for size in range(base, 1, -1) for c in itertools.combinations(range(base), size)]
+    sizes = [z for z in range(base, 2, -1) if z % 2] + [z for z in range(base, 1, -1) if z % 2 == 0]
+    words = [c for size in sizes for c in itertools.combinations(range(base), size)]
     gens = words[: k - base]
     out = []
     for cell in itertools.product((-1, 1), repeat=base):
@@ -115,6 +117,7 @@ class _Wave:
     handed: int = 0
     total: int = 0
     cells: list[dict[str, Any]] = field(default_factory=list)  # factorial: every cell of the design, run or reused
+    out: dict[int, bool] = field(default_factory=dict)  # runs handed out and not finished -> seen as an experiment
 
 
 class FactorialStrategy(Strategy):
@@ -122,9 +125,10 @@ class FactorialStrategy(Strategy):
 
     name = "factorial"
 
-    def __init__(self, seed: int = 0, step: float = 0.25, min_step: float = 1 / 64, fill_scale: float = 0.3):
+    def __init__(self, seed: int = 0, step: float = 0.25, min_step: float = 1 / 64, fill_scale: float = 0.3,
+                 fill: bool = True):
         self.rng = random.Random(seed)
-        self.step0, self.min_step, self.fill_scale = step, min_step, fill_scale
+        self.step0, self.min_step, self.fill_scale, self.fill = step, min_step, fill_scale, fill
         self.token = uuid.uuid4().hex[:8]   # tells this instance's proposals from an earlier session's
         self.results = Results()
         self.by_config: dict[str, list[float]] = {}  # config key -> metrics of every variant with that config
@@ -134,12 +138,15 @@ class FactorialStrategy(Strategy):
         self.screens = 0
         self.ranking: list[tuple[str, float, Any]] = []  # last screen: (factor, gain, better level), best first
         self.goal = "minimize"
-        self.last_effects: Any = None
+        self._scanned = 0
 
     # -- ask/tell ----------------------------------------------------------------------------------------------------
 
     def observe(self, experiment: Experiment, context: Context) -> None:
         self.goal = context.goal
+        w = self.wave
+        if w is not None and experiment.meta.get("fx") == self.token and experiment.meta.get("wave") == w.number:
+            w.out.pop(experiment.meta.get("run"), None)
         v = self.results.add(experiment)
         if v is None or not v.metrics or context.space is None:
             return
@@ -148,13 +155,16 @@ class FactorialStrategy(Strategy):
         vals.append(experiment.metric)
 
     def rejected(self, proposal: Proposal, reason: str) -> None:
-        pass  # a rejected run simply never finishes: the wave completes without it
+        w = self.wave  # a rejected run never finishes: the wave completes without it
+        if w is not None and proposal.meta.get("fx") == self.token and proposal.meta.get("wave") == w.number:
+            w.out.pop(proposal.meta.get("run"), None)
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
         space = context.space
         if space is None or not space.knobs or n <= 0:
             return []
         self.goal = context.goal
+        self._sweep(context)
         out: list[Proposal] = []
         base = parent_knobs(context)
         guard = 0
@@ -169,9 +179,10 @@ class FactorialStrategy(Strategy):
                 prop = self._proposal(config, base, w, w.handed - 1)
                 if prop is not None:
                     out.append(prop)
+                    w.out[w.handed - 1] = False
             if not w.runs and not self._complete(context):
                 break  # the wave is out; fill below while it finishes
-        while len(out) < n:  # fill: small moves around the incumbent while the wave finishes
+        while self.fill and len(out) < n:  # fill: small moves around the incumbent while the wave finishes
             prop = self._fill(context, base)
             if prop is None:
                 break
@@ -181,16 +192,23 @@ class FactorialStrategy(Strategy):
     # -- wave bookkeeping ------------------------------------------------------------------------------------------
 
     def _complete(self, context: Context) -> bool:
-        """All of the current wave is handed out and none of its experiments is still queued or running."""
+        """All of the current wave is handed out, and every run handed out has finished (or was never queued)."""
         w = self.wave
-        if w is None:
-            return True
-        if w.runs:
-            return False
-        for e in context.experiments:
-            if not e.state.is_final and e.meta.get("fx") == self.token and e.meta.get("wave") == w.number:
-                return False
-        return True
+        return w is None or (not w.runs and not w.out)
+
+    def _sweep(self, context: Context) -> None:
+        """Runs handed out at an earlier request that never became experiments (rejected, dropped at a limit) are
+        given up, so a wave always completes."""
+        exps = context.experiments
+        w = self.wave
+        for e in exps[self._scanned:]:
+            if w is not None and e.meta.get("fx") == self.token and e.meta.get("wave") == w.number \
+                    and e.meta.get("run") in w.out:
+                w.out[e.meta["run"]] = True
+        self._scanned = len(exps)
+        if w is not None:
+            for run in [r for r, seen in w.out.items() if not seen]:
+                del w.out[run]
 
     def _proposal(self, config: dict[str, Any], base: dict[str, Any], w: _Wave, run: int) -> Proposal | None:
         change = {k: v for k, v in config.items() if base.get(k) != v}
