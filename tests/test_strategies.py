@@ -4,6 +4,7 @@ the mlp template for factorial, optuna and auto."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -370,6 +371,7 @@ def test_optuna_session_on_mlp_continues_from_earlier_sessions(mlp_project: Path
     made = []
     init = optuna_mod.OptunaStrategy.__init__
 
+    @functools.wraps(init)  # keeps the signature: make_strategy passes only the options it takes
     def record(self, *a, **kw):
         init(self, *a, **kw)
         made.append(self)
