@@ -9,7 +9,6 @@ tests/test_llm.py).
 
 from __future__ import annotations
 
-import json
 import statistics
 from typing import Any, Iterable
 
@@ -17,6 +16,8 @@ from fleetlab.experiment import Experiment, State
 
 # how much of each part goes into the prompt (entries, characters)
 BEST, RECENT, FAILURES, QUEUED, NOTES, OWN, KNOB_VALUES = 8, 8, 4, 16, 12, 8, 6
+KNOB_WINDOW = 500
+_MISSING = object()
 DESC_CHARS, TAIL_LINES, TAIL_CHARS, NOTE_CHARS, PROGRAM_CHARS = 140, 12, 900, 300, 12000
 
 CONTRACT = """\
@@ -102,7 +103,7 @@ def digest(project, context, *, agent: str = "llm", rejections: Iterable[str] = 
         lines += hw
     eff = knob_summary(done, context, goal)
     if eff:
-        lines.append("\n## Knobs: values tried (best result at each, runs)")
+        lines.append(f"\n## Knobs: values tried in the last {KNOB_WINDOW} results (best result at each, runs)")
         lines += eff
     extra_effects = context.extra.get("main_effects") if isinstance(context.extra, dict) else None
     if extra_effects:
@@ -162,17 +163,20 @@ def hardware_notes(done: list[Experiment], goal: str) -> list[str]:
 
 
 def knob_summary(done: list[Experiment], context, goal: str) -> list[str]:
-    """Per knob: the values tried so far with the best result at each (bounded: KNOB_VALUES values per knob)."""
+    """Per knob: the values tried in the last KNOB_WINDOW results with the best result at each (KNOB_VALUES values
+    per knob at most)."""
     names = list(context.space.knobs) if context.space is not None and getattr(context.space, "knobs", None) else []
     if not names or not done:
         return []
     pick = min if goal == "minimize" else max
+    recent = done[-KNOB_WINDOW:]  # bounded work per call, however long the session
     out = []
     for name in names:
         at: dict[str, list[float]] = {}
-        for e in done:
-            if name in e.knobs:
-                at.setdefault(json.dumps(e.knobs[name], default=str), []).append(e.metric)
+        for e in recent:
+            v = e.knobs.get(name, _MISSING)
+            if v is not _MISSING:
+                at.setdefault(repr(v), []).append(e.metric)
         if len(at) < 2:
             continue
         ranked = sorted(at.items(), key=lambda kv: pick(kv[1]) if goal == "minimize" else -pick(kv[1]))
