@@ -137,7 +137,7 @@ def shard_server(tmp_path):
     server.server_close()
 
 
-def test_climbmix_download_against_a_local_server(tmp_path, shard_server, prepare_module):
+def test_climbmix_download_against_a_local_server(tmp_path, shard_server, prepare_module, monkeypatch):
     served, url, handler = shard_server
     train_docs = [f"Training document {i}: the quick brown fox jumps over the lazy dog." for i in range(200)]
     val_docs = [f"Validation document {i} is pinned to the last shard." for i in range(50)]
@@ -166,9 +166,8 @@ def test_climbmix_download_against_a_local_server(tmp_path, shard_server, prepar
     stories = tmp_path / "stories"
     (served / "TinyStoriesV2-GPT4-train.txt").write_text("<|endoftext|>".join(f"Story {i}." for i in range(30)))
     (served / "TinyStoriesV2-GPT4-valid.txt").write_text("Val one.<|endoftext|>\nVal two.\n")
-    out = subprocess.run(prepare_cmd("--source", "tinystories", "--vocab-size", "byte"),
-                         env=run_env(stories, FLEETLAB_DATA_URL=url), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
+    monkeypatch.setenv("FLEETLAB_DATA_URL", url)
+    prepare_module.prepare_tinystories(stories, retry_delay=0.01)  # in-process: the same code, no second start-up
     assert pq.read_table(stories / "data" / "val.parquet").column("text").to_pylist() == ["Val one.", "Val two."]
     assert pq.read_table(stories / "data" / "train_00000.parquet").column("text").to_pylist()[-1] == "Story 29."
 
@@ -324,7 +323,7 @@ def _train(workdir: Path, cache: Path, budget: float) -> subprocess.Popen:
 
 def test_cpu_training_learns_with_time(tmp_path, offline_caches):
     cache = offline_caches[0]
-    short, long = _train(tmp_path / "short", cache, 2), _train(tmp_path / "long", cache, 25)  # two cores, one thread each
+    short, long = _train(tmp_path / "short", cache, 2), _train(tmp_path / "long", cache, 20)  # two cores, one thread each
     logs = {}
     for name, proc in (("short", short), ("long", long)):
         logs[name], _ = proc.communicate(timeout=240)
@@ -334,11 +333,11 @@ def test_cpu_training_learns_with_time(tmp_path, offline_caches):
         assert set(result) >= {"val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                                "total_tokens_M", "num_steps", "num_params_M", "depth"}
         assert math.isfinite(result["val_bpb"]) and 0 < result["val_bpb"] < 12
-    assert 25 <= l["training_seconds"] < 40 and l["num_steps"] > s["num_steps"]
+    assert 20 <= l["training_seconds"] < 30 and l["num_steps"] > 2 * s["num_steps"]
     print(f"\nval_bpb after {s['training_seconds']}s: {s['val_bpb']:.4f}; after {l['training_seconds']}s: {l['val_bpb']:.4f}")
     assert l["val_bpb"] < s["val_bpb"] - 0.3, (s["val_bpb"], l["val_bpb"])
     progress = re.findall(r"^fleetlab: step=(\d+) metric=(\S+) elapsed=(\S+)$", logs["long"], re.MULTILINE)
-    assert 3 <= len(progress) <= 12  # about every 5 seconds, never every step
+    assert 3 <= len(progress) <= 10  # about every 5 seconds, never every step
     assert all(math.isfinite(float(m)) for _, m, _ in progress)
     assert [int(st) for st, _, _ in progress] == sorted(int(st) for st, _, _ in progress)
 

@@ -14,6 +14,7 @@ prepared directory through ~/.cache/fleetlab/gpt/last_prepared unless FLEETLAB_C
 """
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import itertools
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -188,7 +188,10 @@ def offline_files():
     """The Python standard library's own .py files (tests and site-packages left out): text every machine has."""
     root = Path(os.path.abspath(sysconfig.get_paths()["stdlib"]))
     skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-    paths = [p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts)]
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]  # prune: site-packages can be far larger than the stdlib
+        paths += [Path(folder) / f for f in files if f.endswith(".py")]
     return paths, root
 
 
@@ -332,8 +335,12 @@ def train_tokenizer(directory, vocab_size):
 
     path = Path(directory) / "tokenizer.pkl"
     if path.exists():
-        print(f"Tokenizer: already trained at {path}")
-        return
+        with open(path, "rb") as f:
+            trained = pickle.load(f).get("vocab_size")
+        if trained == vocab_size:
+            print(f"Tokenizer: already trained at {path}")
+            return
+        print(f"Tokenizer: {path} has vocabulary {trained}, not {vocab_size}: training again")
     t0 = time.time()
     if vocab_size == "byte":
         ranks, pattern = {bytes([i]): i for i in range(256)}, SPLIT_PATTERN
@@ -345,7 +352,7 @@ def train_tokenizer(directory, vocab_size):
         pattern = bpe.get_pattern()
     tmp = path.with_name("tokenizer.pkl.tmp")
     with open(tmp, "wb") as f:
-        pickle.dump({"pattern": pattern, "mergeable_ranks": ranks}, f)
+        pickle.dump({"pattern": pattern, "mergeable_ranks": ranks, "vocab_size": vocab_size}, f)
     os.replace(tmp, path)
     tok = Tokenizer.from_directory(directory)
     sample = "Hello world! Numbers: 123. Unicode: 你好"
@@ -373,8 +380,14 @@ class Tokenizer:
         specials = {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}
         self.enc = tiktoken.Encoding(name=f"fleetlab-{n}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
         self.bos_token_id = specials[BOS_TOKEN]
-        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(n)] + [0] * len(specials)
-        self.token_bytes = torch.tensor(lengths, dtype=torch.int32)
+        self._lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(n)] + [0] * len(specials)
+
+    @property
+    def token_bytes(self):
+        """int32 tensor: the byte length of every token id, 0 for special tokens."""
+        import torch
+
+        return torch.tensor(self._lengths, dtype=torch.int32)
 
     @classmethod
     def from_directory(cls, directory=None, vocab_size=None):
@@ -411,6 +424,8 @@ def make_dataloader(tokenizer, B, T, split, device="cpu", buffer_size=1000, dire
     still fits, and when none fits the shortest is cropped to fill the row exactly. No padding, every token used.
     Yields (inputs, targets, epoch) with inputs/targets of shape (B, T) on `device`.
     """
+    import torch
+
     assert split in ("train", "val")
     directory = cache_dir() if directory is None else Path(directory)
     device = torch.device(device)
@@ -455,7 +470,6 @@ def eval_settings(device_type):
 # ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """
     Bits per byte: summed per-token cross-entropy (nats) / (ln 2 * summed target byte lengths), with special
@@ -463,6 +477,13 @@ def evaluate_bpb(model, tokenizer, batch_size):
     (the first eval_tokens // seq_len packed rows of the pinned split) are scored whatever the batch size.
     `model(x, y, reduction='none')` must return per-token losses.
     """
+    import torch
+
+    with torch.no_grad():
+        return _evaluate_bpb(model, tokenizer, batch_size)
+
+
+def _evaluate_bpb(model, tokenizer, batch_size):
     device = next(model.parameters()).device
     seq_len, eval_tokens = eval_settings(device.type)
     token_bytes = tokenizer.token_bytes.to(device)
@@ -485,6 +506,20 @@ def evaluate_bpb(model, tokenizer, batch_size):
 # ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def exclusive(directory):
+    """Hold an exclusive lock on the cache directory (POSIX; elsewhere no lock)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(directory / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def parse_vocab(value):
     if value == "byte":
         return value
@@ -503,15 +538,16 @@ if __name__ == "__main__":
 
     directory = Path(os.environ["FLEETLAB_CACHE"]).expanduser() if os.environ.get("FLEETLAB_CACHE") else default_cache_dir(args.source, args.vocab_size)
     print(f"Cache directory: {directory}")
-    manifest = directory / "manifest.json"
-    before = json.loads(manifest.read_text()) if manifest.exists() else {}
-    if before.get("source") == args.source and args.source in ("climbmix", "tinystories"):
-        print("Data: already prepared")
-    else:  # local sources are re-read (cheap) so the manifest always matches the text on this machine
-        prepare_data(directory, args.source, args.num_shards)
-        if before and json.loads(manifest.read_text())["corpus_sha256"] != before.get("corpus_sha256"):
-            (directory / "tokenizer.pkl").unlink(missing_ok=True)  # the text changed: retrain
-    train_tokenizer(directory, args.vocab_size)
+    with exclusive(directory):  # several workers of one machine may run the setup at the same time
+        manifest = directory / "manifest.json"
+        before = json.loads(manifest.read_text()) if manifest.exists() else {}
+        if before.get("source") == args.source and args.source in ("climbmix", "tinystories"):
+            print("Data: already prepared")
+        else:  # local sources are re-read (cheap) so the manifest always matches the text on this machine
+            prepare_data(directory, args.source, args.num_shards)
+            if before and json.loads(manifest.read_text())["corpus_sha256"] != before.get("corpus_sha256"):
+                (directory / "tokenizer.pkl").unlink(missing_ok=True)  # the text changed: retrain
+        train_tokenizer(directory, args.vocab_size)
     if not os.environ.get("FLEETLAB_CACHE"):
         CACHE_ROOT.mkdir(parents=True, exist_ok=True)
         (CACHE_ROOT / "last_prepared").write_text(str(directory) + "\n")
