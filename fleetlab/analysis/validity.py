@@ -34,6 +34,7 @@ from fleetlab.experiment import Decision, Experiment, Proposal, State
 __all__ = ["ValidityKeepRule", "welch_one_sided"]
 
 SCREEN_ROLES = ("explore", "combine")
+VAL = "#validation"  # validation runs are kept apart from the variant's fresh replicates (see `reference`)
 
 
 def welch_one_sided(a: Stat, b: Stat, goal: str, sigma: float | None = None, df: int = 0) -> tuple[float, float, float]:
@@ -76,6 +77,7 @@ class _Pending:
 
 class ValidityKeepRule(KeepRule):
     name = "validity"
+    MIN_OFFSET_WEIGHT = 4.0  # Σ 1/(1/n_a + 1/n_b) behind a hardware effect before runs of other classes are pooled
 
     def __init__(self, k_sigma: float = 1.0, replicates: int = 3, baseline_replicates: int = 3, alpha: float = 0.05,
                  min_effect: float = 0.0, default_sigma: float = 0.0, tiers: dict[str, str] | None = None,
@@ -103,6 +105,8 @@ class ValidityKeepRule(KeepRule):
         self._order: list[str] = []                         # classes slowest -> fastest
         self._off: dict[str, tuple[float, float]] = {}
         self._off_version = -1
+        self._outstanding = 0                               # validation runs asked for and not ended yet
+        self._n_validate = 0
 
     @classmethod
     def from_project(cls, project: Any) -> "ValidityKeepRule":
@@ -119,13 +123,20 @@ class ValidityKeepRule(KeepRule):
             self._workers_sig = sig
             self._order = rank_classes(workers)
             self._tiers = assign_tiers(workers, self.configured_tiers)
+            self._n_validate = sum(1 for w in workers if (w.tier or self._tiers.get(w.hardware)) == "validate")
 
     @property
     def mixed(self) -> bool:
         return len(self._order) > 1
 
     def tier_of(self, worker: Any) -> str:
-        return worker.tier or self._tiers.get(worker.hardware, "validate" if not self.mixed else "screen")
+        """A worker's tier. When validations back up far beyond what the validate class can run, screen workers take
+        them too (their runs are compared within their class or on hardware-normalised metrics), so the fleet never
+        idles behind a queue only a few workers may serve."""
+        tier = worker.tier or self._tiers.get(worker.hardware, "validate" if not self.mixed else "screen")
+        if tier == "screen" and self._outstanding > 2 * max(1, self._n_validate):
+            return "validate"
+        return tier
 
     def validate_class(self) -> str | None:
         v = [hw for hw in self._order if self._tiers.get(hw) == "validate"]
@@ -152,23 +163,39 @@ class ValidityKeepRule(KeepRule):
     # == references =================================================================================================
     def reference(self, exp: Experiment, hardware: str) -> tuple[Stat, str] | None:
         """The statistics of `exp`'s variant to compare a run on `hardware` with, and how they were made comparable:
-        within the class, normalised by the hardware effect, or its screening run only."""
+        within the class, normalised by the hardware effect, or its screening run only.
+
+        Fresh replicates come first. A kept variant's validation runs are a lucky draw (they got it kept), so they
+        stand in only until its re-replication is in: comparing later candidates with them would make the incumbent
+        look better than it is and hide true improvements."""
         key = exp.content_hash or exp.id
-        g = self.meas.groups.get(key) or {}
-        s = g.get(hardware)
-        if s is not None and s.n >= 2:
-            return s, "same class"
         off = self.hardware_offsets()
-        if g and hardware in off and all(hw in off for hw in g):
-            total = Stat()
-            for hw, st in g.items():
-                total = total.merged(st, shift=off[hardware] - off[hw])
-            return total, "hardware-normalised" if set(g) != {hardware} else "same class"
-        if s is not None:
-            return s, "same class"
-        if g:  # other classes only and no effect estimate yet: the closest we have
-            hw, st = max(g.items(), key=lambda kv: kv[1].n)
-            return st, f"{hw} runs (hardware effect not yet measured)"
+        sure = {hw for hw, (_, w) in self._off.items() if w >= self.MIN_OFFSET_WEIGHT}
+        fallback = None
+        for g, label in ((self.meas.groups.get(key), ""), (self.meas.groups.get(key + VAL), " (its validation runs)")):
+            if not g:
+                continue
+            s = g.get(hardware)
+            if len(g) > 1 and all(hw in sure for hw in g) and hardware in sure:
+                total = Stat()  # every class of this variant, on this class's scale: the most runs
+                for hw, st in g.items():
+                    total = total.merged(st, shift=off[hardware] - off[hw])
+                return total, "hardware-normalised" + label
+            if s is not None and s.n >= 2:
+                return s, "same class" + label
+            if hardware in off and all(hw in off for hw in g) and sum(st.n for st in g.values()) >= 2:
+                total = Stat()
+                for hw, st in g.items():
+                    total = total.merged(st, shift=off[hardware] - off[hw])
+                return total, "hardware-normalised" + label
+            if fallback is None:
+                if s is not None:
+                    fallback = (s, "same class" + label)
+                else:
+                    hw, st = max(g.items(), key=lambda kv: kv[1].n)
+                    fallback = (st, f"{hw} runs (hardware effect not yet measured)")
+        if fallback is not None:
+            return fallback
         sc = self._screen.get(key)
         if sc is None and exp.metric is not None:
             sc = (exp.hardware or hardware, float(exp.metric))
@@ -193,7 +220,7 @@ class ValidityKeepRule(KeepRule):
         x = float(exp.metric)
         inc = view.incumbent()
         if exp.role in UNBIASED_ROLES:
-            self.meas.add(key, hw, x)
+            self.meas.add(key + VAL if exp.role == "validate" else key, hw, x)
             if self._waiting and inc is not None and key == (inc.content_hash or inc.id):
                 g = self.meas.groups[key]
                 # comparable now, or the incumbent has its share on every class and still nothing: decide anyway
@@ -262,15 +289,15 @@ class ValidityKeepRule(KeepRule):
         self._pending[exp.id] = _Pending(exp.id, exp.content_hash or exp.id, exp.parent, self.replicates, simplify,
                                          dict(nums))
         tier = "validate" if self.mixed or self.configured_tiers else None
+        self._outstanding += self.replicates
         self._out.append(Proposal(description=f"validate {exp.id}: {exp.description}"[:200], parent=exp.id,
-                                  role="validate", replicates=self.replicates, tier=tier,
-                                  hardware=vclass if self.mixed and not self.configured_tiers else None,
-                                  strategy="validity"))
+                                  role="validate", replicates=self.replicates, tier=tier, strategy="validity"))
         nums.update(validate_on=vclass or "any", replicates=self.replicates)
         return Decision("pending", f"{why}; validating with {self.replicates} runs on {vclass or 'any worker'}", nums)
 
     def _validation_ended(self, p: _Pending, hw: str | None, view: View) -> None:
         p.ended += 1
+        self._outstanding = max(0, self._outstanding - 1)
         if hw is not None:
             p.hardware[hw] = p.hardware.get(hw, 0) + 1
         if p.ended >= p.want:
@@ -281,7 +308,8 @@ class ValidityKeepRule(KeepRule):
         """Reach the verdict, unless the incumbent has no comparable run on the validation class yet (its replicates
         there are on their way): then wait for them rather than compare across classes blindly."""
         d = self._verdict(p, view)
-        if not force and d.numbers.get("compared") not in (None, "same class", "hardware-normalised"):
+        how = d.numbers.get("compared") or ""
+        if not force and not how.startswith(("same class", "hardware-normalised")):
             self._waiting.append(p)
             return
         self._verdicts.append((p.cand, d))
@@ -295,8 +323,14 @@ class ValidityKeepRule(KeepRule):
         goal = view.goal
         if not p.hardware:
             return Decision("discard", "every validation run failed", p.screen)
-        vhw = max(p.hardware, key=p.hardware.get)
-        cand = self.meas.stat(p.key, vhw)
+        vhw = max(p.hardware, key=lambda h: (p.hardware[h], self._tiers.get(h) == "validate"))
+        cand = self.meas.stat(p.key + VAL, vhw)
+        off = self.hardware_offsets()
+        if cand is not None and len(p.hardware) > 1 and vhw in off:  # runs on several classes: normalise them to vhw
+            for hw in p.hardware:
+                st = self.meas.stat(p.key + VAL, hw)
+                if hw != vhw and hw in off and st is not None:
+                    cand = cand.merged(st, shift=off[vhw] - off[hw])
         inc = view.incumbent()
         try:
             cand_exp = view.get(p.cand)
@@ -359,7 +393,7 @@ class ValidityKeepRule(KeepRule):
         except Exception:
             return
         ref = self.reference(parent, vhw)
-        cand = self.meas.stat(p.key, vhw)
+        cand = self.meas.stat(p.key + VAL, vhw)
         if ref is None or cand is None:
             return
         _, pval, _ = welch_one_sided(cand, ref[0], view.goal, self.meas.sigma(vhw), self.meas.df(vhw))
@@ -417,7 +451,7 @@ class ValidityKeepRule(KeepRule):
         classes = self._order or ["unknown"]
         # runs of this variant still queued or running count too (a scan, but only when the incumbent changes)
         for e in reversed(view.experiments()):
-            if (e.content_hash or e.id) == key and e.role in UNBIASED_ROLES and not e.state.is_final:
+            if (e.content_hash or e.id) == key and e.role in ("baseline", "replicate") and not e.state.is_final:
                 hw = e.hardware or e.want_hardware or (classes[0] if self.mixed else classes[-1])
                 if e.hardware is None and e.want_hardware is None and self.mixed:
                     hw = max(classes, key=lambda c: sum(1 for w in getattr(view, "workers_now", []) if w.hardware == c))
@@ -429,7 +463,7 @@ class ValidityKeepRule(KeepRule):
                 props.append(Proposal(description=f"replicate incumbent {inc.id}", parent=inc.id, role="replicate",
                                       replicates=want, strategy="validity"))
             return props
-        per_class = max(2, math.ceil(self.replicates / len(classes)))
+        per_class = max(2, self.replicates)
         for hw in classes:
             want = per_class - have.get(hw, 0)
             if want > 0:
