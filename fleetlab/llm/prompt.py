@@ -10,7 +10,7 @@ tests/test_llm.py).
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable
+from typing import Iterable
 
 from fleetlab.experiment import Experiment, State
 
@@ -81,13 +81,14 @@ def digest(project, context, *, agent: str = "llm", rejections: Iterable[str] = 
         lines.append(f"noise floor: {noise}")
 
     best = sorted(done, key=lambda e: e.metric if goal == "minimize" else -e.metric)[:BEST]
+    status = _statuses(context)
     if best:
         lines.append(f"\n## Best results ({metric}, {goal})")
-        lines += [_row(e) for e in best]
+        lines += [_line(e, status) for e in best]
     recent = finished[-RECENT:]
     if recent:
         lines.append("\n## Most recent results")
-        lines += [_row(e) for e in recent]
+        lines += [_line(e, status) for e in recent]
     fails = [e for e in finished if e.state.is_failure][-FAILURES:]
     if fails:
         lines.append("\n## Recent failures (with the end of their logs)")
@@ -123,7 +124,7 @@ def digest(project, context, *, agent: str = "llm", rejections: Iterable[str] = 
     rej = list(rejections)[-OWN:]
     if own or rej:
         lines.append(f"\n## Your own recent proposals ({agent})")
-        lines += [_row(e) for e in own]
+        lines += [_line(e, status) for e in own]
         lines += [f"- rejected before running: {_d(r, 240)}" for r in rej]
     notes = _notes(context)
     if notes:
@@ -198,10 +199,18 @@ def _notes(context) -> list[str]:
             f"{_d(n.get('text') or '', NOTE_CHARS)}" for n in notes]
 
 
-def _row(e: Experiment) -> str:
+def _statuses(context) -> dict[str, str]:
+    store = context.extra.get("store") if isinstance(context.extra, dict) else None
+    try:
+        return {k: d.status for k, d in store.decisions().items()} if store is not None else {}
+    except Exception:  # noqa: BLE001 - a store without decisions shows none
+        return {}
+
+
+def _line(e: Experiment, statuses: dict[str, str]) -> str:
     m = _m(e.metric) if e.metric is not None else e.state.value
     hw = f" on {e.hardware}" if e.hardware else ""
-    status = e.meta.get("status") or ""
+    status = statuses.get(e.id, "")
     return f"- {e.id} {m}{hw}{' ' + status if status else ''} — {_d(e.description)}"
 
 

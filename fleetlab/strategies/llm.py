@@ -127,6 +127,7 @@ class LLMStrategy(Strategy):
         self._call_s: deque[float] = deque(maxlen=8)
         self._hint = 0
         self.prompt_chars: list[int] = []
+        self.prompt_log: list[tuple[int, int]] = []  # (finished experiments, prompt characters) per call
         if preflight:
             self.provider.preflight()  # a missing key or a dead endpoint is one sentence, before any worker starts
 
@@ -208,6 +209,7 @@ class LLMStrategy(Strategy):
         agent.last_prompt_chars = len(system) + len(user)
         with self._lock:
             self.prompt_chars.append(agent.last_prompt_chars)
+            self.prompt_log.append((len(context.finished), agent.last_prompt_chars))
         messages = [{"role": "user", "content": user}]
         answer = self._answer(system, messages)
         self._take_notes(answer, agent, store)
