@@ -66,9 +66,19 @@ def _local(tmp_path: Path) -> Harness:
     return Harness(LocalExecutor(slots=2, state_dir=tmp_path / ".fleetlab", grace_s=0.5), tmp_path)
 
 
+def _ray(tmp_path: Path) -> Harness:
+    pytest.importorskip("ray")
+    from ray_cluster import ray_cluster
+
+    from fleetlab.fleet.ray import RayExecutor
+
+    return Harness(RayExecutor(f"ray:{ray_cluster()[1]}", poll_interval_s=0.1), tmp_path)
+
+
 # name -> factory; each engineer adds theirs here.
 FACTORIES: dict[str, Callable[[Path], Harness]] = {
     "local": _local,
+    "ray": _ray,
 }
 
 
