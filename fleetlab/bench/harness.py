@@ -13,8 +13,8 @@ One record per run (`run_bench` returns them; `--json` prints them under `runs`)
   hours_to_target, gpu_hours_to_target (first time the incumbent's *true* metric reaches the target; GPU-hours are
   worker-hours held, busy or idle, as the critics of the original counted them), cost_usd (worker-hours x price),
   keeps (incumbent changes after the baseline), false_keep_rate (share of keeps whose true metric is not better than
-  their parent's), plus valid_experiments, gpu_hours, workers, optimum_on_fleet, stop_reason, wall_s (real seconds
-  the simulation took) and trajectory ([hours, true metric of the incumbent] at every change).
+  their parent's), plus valid_experiments, gpu_hours, workers, optimum_on_fleet, stop_reason, wall_s and cpu_s (real and
+  CPU seconds the simulation took) and trajectory ([hours, true metric of the incumbent] at every change).
 """
 
 from __future__ import annotations
@@ -158,15 +158,16 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
                           keep_rule=keep, pruner=pruner, on_event=trace, git=False, export_tsv=False,
                           record_progress=prune, seed=seed)
         sched.set_space(knob_space(project))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = sched.run()
-        wall_s = time.perf_counter() - t0
+        wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         end = clock.now()
         exps = [e for e in sched.experiments() if e.tag == "bench"]
         record = _record(surface, executor, exps, trace, summary, end, hours, target)
         store.close()
     record.update(surface=surface_name or getattr(surface, "name", type(surface).__name__), fleet=fleet,
-                  strategy=strategy, seed=seed, wall_s=round(wall_s, 2))
+                  strategy=strategy, seed=seed, wall_s=round(wall_s, 2),
+                  cpu_s=round(cpu_s, 2))
     return {k: record[k] for k in RECORD_FIELDS} | {k: v for k, v in record.items() if k not in RECORD_FIELDS}
 
 

@@ -14,7 +14,6 @@ Both use the original's keep rule ("lower than before"): `keep_rule = "simple"` 
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
 
@@ -45,6 +44,23 @@ def neighbours(knob: Any, value: Any, direction: int, step: int = 1) -> Any:
     return float(f"{x:.4g}")
 
 
+def _moves(first: int) -> list[tuple[int, int]]:
+    """(direction, steps) in the order an agent tries them: near moves first, the promising direction first."""
+    return [(d, step) for step in range(1, 9) for d in (first, -first)]
+
+
+def _two_knob_change(space: Any, base: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Two knobs moved one or two steps each, in random directions (empty if a move lands where it started)."""
+    change = {}
+    for name in rng.sample(sorted(space.knobs), 2):
+        knob = space.knobs[name]
+        value = neighbours(knob, base.get(name, knob.value), rng.choice((-1, 1)), rng.choice((1, 2)))
+        if value == base.get(name, knob.value):
+            return {}
+        change[name] = value
+    return change
+
+
 def _pending(context: Context) -> bool:
     """Something is still running. O(1): the scheduler dispatches what it can before it asks for proposals, and
     these strategies' experiments can run on any worker, so nothing waits in the queue while a worker is free."""
@@ -63,6 +79,7 @@ class SeqGreedy(Strategy):
         self.latency_s = 0.0
         self._direction: dict[str, int] = {}
         self._order: list[str] = []
+        self._tried: set[tuple[str, str, Any]] = set()  # (incumbent id, knob, value): an agent remembers results.tsv
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
         self.latency_s = 0.0  # "nothing to do yet" costs no design time
@@ -70,20 +87,35 @@ class SeqGreedy(Strategy):
         if space is None or not space.knobs or _pending(context):
             return []
         base = parent_knobs(context)
+        inc = context.incumbent.id if context.incumbent is not None else ""
         for _ in range(4 * len(space.knobs)):
             if not self._order:
                 self._order = self.rng.sample(sorted(space.knobs), len(space.knobs))
             name = self._order.pop()
             knob = space.knobs[name]
-            direction = self._direction.get(name) or self.rng.choice((-1, 1))
-            value = neighbours(knob, base.get(name, knob.value), direction)
-            if value == base.get(name) or space.violation({**base, name: value}):
-                self._direction[name] = -direction
-                continue
-            self.latency_s = self.design_s
-            return [Proposal(description=f"greedy: {describe_change(base, {name: value})}", knobs={name: value},
-                             strategy=self.name, meta={"knob": name, "direction": direction})]
+            first = self._direction.get(name) or self.rng.choice((-1, 1))
+            for direction, step in _moves(first):
+                value = neighbours(knob, base.get(name, knob.value), direction, step)
+                if value == base.get(name) or (inc, name, value) in self._tried or space.violation({**base, name: value}):
+                    continue
+                self._tried.add((inc, name, value))
+                self.latency_s = self.design_s
+                return [Proposal(description=f"greedy: {describe_change(base, {name: value})}", knobs={name: value},
+                                 strategy=self.name, meta={"knob": name, "direction": direction})]
+        for _ in range(200):  # every one-knob move around the incumbent has run: try two knobs at once
+            change = _two_knob_change(space, base, self.rng)
+            key = (inc, tuple(sorted(change.items(), key=lambda kv: kv[0])))
+            if change and key not in self._tried and not space.violation({**base, **change}):
+                self._tried.add(key)
+                self.latency_s = self.design_s
+                return [Proposal(description=f"greedy: {describe_change(base, change)}", knobs=change,
+                                 strategy=self.name)]
+        self._exhausted = True
         return []
+
+    @property
+    def finished(self) -> bool:
+        return getattr(self, "_exhausted", False)
 
     def observe(self, experiment, context: Context) -> None:
         knob, direction = experiment.meta.get("knob"), experiment.meta.get("direction")
@@ -111,6 +143,7 @@ class WaveSync(Strategy):
         self.wave_fraction = (float(wave_fraction[0]), float(wave_fraction[1]))
         self.sweep = max(1, int(sweep))
         self.waves = 0
+        self._tried: set[tuple[str, str, Any]] = set()  # (incumbent id, knob, value)
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
         self.latency_s = 0.0
@@ -120,8 +153,8 @@ class WaveSync(Strategy):
         workers = max(1, len(context.workers))
         size = max(1, min(workers, int(round(self.rng.uniform(*self.wave_fraction) * workers))))
         base = parent_knobs(context)
+        inc = context.incumbent.id if context.incumbent is not None else ""
         wave: list[Proposal] = []
-        seen: set[tuple[str, Any]] = set()
         names = sorted(space.knobs)
         tries = 0
         while len(wave) < size and tries < 20 * size:
@@ -129,18 +162,37 @@ class WaveSync(Strategy):
             name = self.rng.choice(names)
             knob = space.knobs[name]
             current = base.get(name, knob.value)
-            # a sweep: values on both sides of the current one, up to `sweep` of them
-            for step in range(1, math.ceil(self.sweep / 2) + 1):
+            # a sweep: values on both sides of the current one, up to `sweep` new ones (wider if the near ones ran)
+            added = 0
+            for step in range(1, 4 * self.sweep):
                 for direction in (-1, 1):
                     value = neighbours(knob, current, direction, step)
-                    if len(wave) >= size or value == current or (name, value) in seen:
+                    if len(wave) >= size or added >= self.sweep or value == current or (inc, name, value) in self._tried:
                         continue
                     if space.violation({**base, name: value}):
                         continue
-                    seen.add((name, value))
+                    self._tried.add((inc, name, value))
+                    added += 1
                     wave.append(Proposal(description=f"wave {self.waves + 1}: {describe_change(base, {name: value})}",
                                          knobs={name: value}, strategy=self.name))
+        # every one-knob sweep around this incumbent has run: combine two knobs (the original's phase 5)
+        tries = 0
+        while len(wave) < size and tries < 50 * size:
+            tries += 1
+            change = _two_knob_change(space, base, self.rng)
+            key = (inc, tuple(sorted(change.items(), key=lambda kv: kv[0])))
+            if not change or key in self._tried or space.violation({**base, **change}):
+                continue
+            self._tried.add(key)
+            wave.append(Proposal(description=f"wave {self.waves + 1}: {describe_change(base, change)}", knobs=change,
+                                 strategy=self.name))
         if wave:
             self.waves += 1
             self.latency_s = self.wave_latency_s
+        else:
+            self._exhausted = True
         return wave
+
+    @property
+    def finished(self) -> bool:
+        return getattr(self, "_exhausted", False)

@@ -18,6 +18,10 @@ The Surface protocol (stable; a user surface is any object with these attributes
 - ``optimum`` (optional): the best noise-free metric on the fastest hardware class.
 - ``noise_sigma`` (optional): the standard deviation of the measurement noise.
 - ``goal`` (optional): "minimize" (default) or "maximize".
+- Optional, for the simulated fleet and the bench harness: ``metric_name`` (the printed metric, default ``val_bpb``),
+  ``time_budget_s`` (training seconds per run; progress points are in training seconds), ``startup_s`` (wall seconds
+  before training starts), ``constraints`` (expressions over knob names, written into the bench project's
+  ``[knobs] constraints`` so strategies never propose what the project rejects).
 
 `load_surface(spec)` takes a built-in name (see `SURFACES`), optionally with options as ``name?key=value,key=value``
 (``noisy-bowl?sigma=0.002``), or ``path/to/file.py:FACTORY`` where ``FACTORY()`` returns a surface.

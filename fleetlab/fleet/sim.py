@@ -159,6 +159,8 @@ class SimExecutor(Executor):
             entry = heapq.heappop(self._ends)
             if not self._stale_end(entry):
                 due.add(entry[2])
+        if not due and not self.progress:
+            return []  # nothing ended and no progress lines to show: the common case between events
         updates = []
         for h in handles:
             exp_id = h.experiment_id
