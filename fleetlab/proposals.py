@@ -71,15 +71,16 @@ class Materializer:
 
             name = self.project.knob_file
             files[name] = apply_knobs(files[name], proposal.knobs)
-        if files != base:
+        if files != base and (proposal.edits or proposal.files is not None):
+            # knob values are written as literals by knobs.py; edits and whole files must prove they compile
             workspace.check_compiles({k: v for k, v in files.items() if v != base.get(k)})
         added, removed = workspace.diff_size(base, files) if files != base else (0, 0)
         return Variant(files=files, knobs=self.read_knobs(files), content_hash=workspace.content_hash(files),
                        lines_added=added, lines_removed=removed)
 
     def to_experiment(self, proposal: Proposal, parent: Experiment | None, *, tag: str, seed: int,
-                      now: float, strategy: str = "") -> Experiment:
-        variant = self.build(proposal, parent)
+                      now: float, strategy: str = "", variant: Variant | None = None) -> Experiment:
+        variant = variant or self.build(proposal, parent)
         hashes = {name: self.store.put_blob(text) for name, text in variant.files.items()}
         for name, h in hashes.items():
             self._blobs.setdefault(h, variant.files[name])

@@ -22,7 +22,7 @@ from fleetlab import workspace
 from fleetlab.analysis.keep import KeepRule, SimpleKeepRule
 from fleetlab.clock import RealClock
 from fleetlab.collect import classify, log_tail, parse_progress
-from fleetlab.errors import ExecutorError, FleetlabError, ProposalRejected, SetupFailed
+from fleetlab.errors import ExecutorError, FleetlabError, SetupFailed
 from fleetlab.experiment import Decision, Experiment, Proposal, State, better
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Worker
 from fleetlab.project import Project
@@ -139,6 +139,14 @@ class Scheduler:
     def workers_now(self) -> list[Worker]:
         return self._workers
 
+    @property
+    def _price_per_hour(self) -> float:
+        """Dollars per hour of the whole fleet (cached; the fleet changes only when a worker is dropped)."""
+        key = len(self._workers)
+        if getattr(self, "_price_key", None) != key:
+            self._price_key, self._price_sum = key, sum(w.price_per_hour for w in self._workers)
+        return self._price_sum
+
     # == start-up and resume ========================================================================================
     def _load(self) -> None:
         for exp in self.store.experiments():
@@ -238,7 +246,7 @@ class Scheduler:
                 return e
         return None
 
-    def _add(self, prop: Proposal, parent: Experiment | None | str = "default") -> list[Experiment]:
+    def _add(self, prop: Proposal, parent: Experiment | None | str = "default", variant=None) -> list[Experiment]:
         if parent == "default":
             parent = self.get(prop.parent) if prop.parent else self._default_parent()
         added = []
@@ -246,8 +254,10 @@ class Scheduler:
             if self.limits.max_experiments and self._session_count >= self.limits.max_experiments \
                     and prop.role == "explore":
                 break
+            if variant is None:
+                variant = self.materializer.build(prop, parent)  # replicates share one validated variant
             exp = self.materializer.to_experiment(prop, parent, tag=self.tag, seed=self._rng.randrange(2 ** 31),
-                                                  now=self.clock.now(), strategy=self.strategy.name)
+                                                  now=self.clock.now(), strategy=self.strategy.name, variant=variant)
             exp = self.store.add_experiment(exp)
             self._remember(exp)
             self._queue.append(exp)
@@ -260,15 +270,12 @@ class Scheduler:
         for prop in proposals:
             try:
                 parent = self.get(prop.parent) if prop.parent else self._default_parent()
-                if prop.role == "explore":
-                    variant = self.materializer.build(prop, parent)
-                    if self._hashes.get(variant.content_hash):
-                        self._reject(prop, "this variant was already tried (same content hash)")
-                        continue
-                self._add(prop, parent)
-            except ProposalRejected as e:
-                self._reject(prop, str(e))
-            except FleetlabError as e:
+                variant = self.materializer.build(prop, parent)
+                if prop.role == "explore" and self._hashes.get(variant.content_hash):
+                    self._reject(prop, "this variant was already tried (same content hash)")
+                    continue
+                self._add(prop, parent, variant)
+            except FleetlabError as e:  # ProposalRejected included: the strategy hears why
                 self._reject(prop, str(e))
 
     def _reject(self, prop: Proposal, reason: str) -> None:
@@ -354,7 +361,7 @@ class Scheduler:
         return True
 
     def _dispatch(self) -> None:
-        if not self._queue:
+        if not self._queue or len(self._busy_workers) >= len(self._workers):
             return
         free = self._free_workers()
         if not free:
@@ -427,6 +434,9 @@ class Scheduler:
     def _collect(self) -> None:
         if not self._running:
             return
+        nxt = self.executor.next_event_at()
+        if nxt is not None and nxt > self.clock.now():
+            return  # on the virtual clock nothing ends before the executor's next event
         updates = self.executor.poll([r.handle for r in self._running.values()])
         for up in updates:
             run = self._running.get(up.experiment_id)
@@ -494,7 +504,7 @@ class Scheduler:
             exp = exp.evolve(state=state, metric=metric, extras=extras, exit_code=up.exit_code, finished_at=ended,
                              log_tail=tail, meta={**exp.meta, **meta}, started_at=started)
             self.store.finish(exp.id, state, metric=metric, extras=extras, exit_code=up.exit_code,
-                              finished_at=ended, log_tail=tail, meta=meta)
+                              finished_at=ended, log_tail=tail, meta=meta, fetch=False)
         else:
             exp = self.store.finish(exp.id, state, metric=metric, extras=extras, exit_code=up.exit_code,
                                     finished_at=ended, log_tail=tail, meta=meta)
@@ -535,12 +545,17 @@ class Scheduler:
                 self.emit("warning", message=f"could not commit {exp.id} to git: {e}")
 
     # == accounting and limits =======================================================================================
-    def accounting(self) -> dict[str, float]:
+    def accounting(self, busy: bool = True) -> dict[str, float]:
+        """Worker-hours held (busy + idle) and busy, and dollars, since the session started (across restarts).
+        `busy=False` skips summing the running experiments (the loop checks limits on every event)."""
         now = self.clock.now()
         seg = max(0.0, now - self._segment_start)
         available = self._available_base + seg * len(self._workers)
-        cost = self._cost_base + seg * sum(w.price_per_hour for w in self._workers) / 3600.0
-        busy = self._busy_s + sum(max(0.0, now - r.started_at) for r in self._running.values())
+        cost = self._cost_base + seg * self._price_per_hour / 3600.0
+        if busy:
+            busy = self._busy_s + sum(max(0.0, now - r.started_at) for r in self._running.values())
+        else:
+            busy = self._busy_s
         return {"elapsed_s": now - self._session_started, "busy_s": busy, "available_s": available,
                 "gpu_hours": available / 3600.0, "busy_gpu_hours": busy / 3600.0, "cost_usd": cost}
 
@@ -548,7 +563,7 @@ class Scheduler:
         if self._stop_reason:
             return self._stop_reason
         lim = self.limits
-        acc = self.accounting()
+        acc = self.accounting(busy=False)
         if lim.max_hours and acc["elapsed_s"] >= lim.max_hours * 3600:
             return f"--max-hours {lim.max_hours:g} reached"
         if lim.max_gpu_hours and acc["gpu_hours"] >= lim.max_gpu_hours:

@@ -93,8 +93,15 @@ def diff_size(old: dict[str, str], new: dict[str, str]) -> tuple[int, int]:
     """Lines added and removed between two versions of the editable files."""
     added = removed = 0
     for name in sorted(set(old) | set(new)):
-        for line in difflib.unified_diff(old.get(name, "").splitlines(), new.get(name, "").splitlines(), lineterm="",
-                                         n=0):
+        a, b = old.get(name, ""), new.get(name, "")
+        if a == b:
+            continue
+        la, lb = a.splitlines(), b.splitlines()
+        if len(la) == len(lb):  # same length (e.g. knob values rewritten in place): count changed lines directly
+            changed = sum(1 for x, y in zip(la, lb) if x != y)
+            added, removed = added + changed, removed + changed
+            continue
+        for line in difflib.unified_diff(la, lb, lineterm="", n=0):
             if line.startswith("+") and not line.startswith("+++"):
                 added += 1
             elif line.startswith("-") and not line.startswith("---"):

@@ -86,6 +86,31 @@ def blob_hash(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:20]
 
 
+class _Tx:
+    """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error), serialised across threads."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: "SQLiteStore"):
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._lock.acquire()
+        try:
+            self.store._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.store._lock.release()
+            raise
+        return self.store._db
+
+    def __exit__(self, et, ev, tb) -> bool:
+        try:
+            self.store._db.execute("COMMIT" if et is None else "ROLLBACK")
+        finally:
+            self.store._lock.release()
+        return False
+
+
 class SQLiteStore(Store):
     """`SQLiteStore(path)`; `path=":memory:"` for throwaway stores (simulations)."""
 
@@ -104,26 +129,8 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open the results database {self.path}: {e}") from None
 
     # -- plumbing -------------------------------------------------------------------------------------------------
-    def _tx(self):
-        store = self
-
-        class _Tx:
-            def __enter__(self_inner):
-                store._lock.acquire()
-                store._db.execute("BEGIN IMMEDIATE")
-                return store._db
-
-            def __exit__(self_inner, et, ev, tb):
-                try:
-                    if et is None:
-                        store._db.execute("COMMIT")
-                    else:
-                        store._db.execute("ROLLBACK")
-                finally:
-                    store._lock.release()
-                return False
-
-        return _Tx()
+    def _tx(self) -> "_Tx":
+        return _Tx(self)
 
     def _migrate(self) -> None:
         with self._lock:
@@ -230,16 +237,20 @@ class SQLiteStore(Store):
         self._update(exp_id, {"handle": json.dumps(handle)}, expect=[State.RUNNING])
 
     def finish(self, exp_id, state, *, metric=None, extras=None, exit_code=None, finished_at, log_tail="",
-               meta=None) -> Experiment:
+               meta=None, fetch: bool = True) -> Experiment | None:
         if not state.is_final:
             raise StoreError(f"finish() needs a final state, not {state.value}")
-        sets: dict[str, Any] = {"state": state.value, "metric": metric, "extras": json.dumps(extras or {}),
-                                "exit_code": exit_code, "finished_at": finished_at, "log_tail": log_tail[-4000:]}
-        if meta:
-            cur = self.get(exp_id).meta
-            sets["meta"] = json.dumps({**cur, **meta})
-        self._update(exp_id, sets, expect=[State.QUEUED, State.RUNNING])
-        return self.get(exp_id)
+        with self._tx() as db:
+            row = db.execute("SELECT state, meta FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no experiment {exp_id}")
+            if row[0] not in (State.QUEUED.value, State.RUNNING.value):
+                raise StoreError(f"{exp_id} is {row[0]}, not queued or running")
+            merged = json.dumps({**json.loads(row[1]), **meta}) if meta else row[1]
+            db.execute("UPDATE experiments SET state=?, metric=?, extras=?, exit_code=?, finished_at=?, log_tail=?, "
+                       "meta=? WHERE id=?", (state.value, metric, json.dumps(extras or {}), exit_code, finished_at,
+                                             log_tail[-4000:], merged, exp_id))
+        return self.get(exp_id) if fetch else None
 
     def requeue(self, exp_id: str, reason: str) -> None:
         cur = self.get(exp_id)
