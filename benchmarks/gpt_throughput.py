@@ -31,6 +31,15 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def _children_cpu_s() -> float:
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return float("nan")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", help="a prepared cache (FLEETLAB_CACHE); default: prepare the offline corpus in a temp dir")
@@ -55,7 +64,10 @@ def main() -> None:
         device = probe.strip().splitlines()[-1]
         gpu = device != "cpu"
         env["FLEETLAB_TIME_BUDGET"] = str(args.budget or (300 if gpu else 60))
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        cpu0 = _children_cpu_s()
         log = run([sys.executable, "train.py"], work, env)
+        cpu_s = _children_cpu_s() - cpu0
 
     summary = {k: float(v) for k, v in re.findall(r"^(\w+):\s+(\S+)$", log.split("\n---\n")[-1], re.MULTILINE)}
     grad_accum = int(re.search(r"gradient accumulation steps: (\d+)", log).group(1))
@@ -77,6 +89,9 @@ def main() -> None:
         "peak_memory_mb": summary["peak_vram_mb"],
         "total_seconds": summary["total_seconds"],
         "prepare_seconds": round(prepare_s, 1),
+        # a shared machine: the CPU share the run got (CPU seconds / wall seconds) and the load when it started
+        "cpu_share": round(cpu_s / summary["total_seconds"], 2),
+        "load_average_1m": round(load, 2),
     }
     if "H100" in device:
         result["original_h100"] = ORIGINAL_H100
