@@ -56,16 +56,18 @@ def rank_classes(workers: Iterable[Any] = (), experiments: Iterable[Experiment] 
         price[w.hardware] = max(price.get(w.hardware, 0.0), float(getattr(w, "price_per_hour", 0.0) or 0.0))
     steps: dict[str, list[float]] = {}
     runtime: dict[str, list[float]] = {}
+    seen: set[str] = set()
     for e in experiments:
         if e.state is not State.DONE or not e.hardware:
             continue
+        seen.add(e.hardware)
         for k, v in e.extras.items():
             if "step" in k and isinstance(v, (int, float)):
                 steps.setdefault(e.hardware, []).append(float(v))
                 break
         if e.runtime_s:
             runtime.setdefault(e.hardware, []).append(e.runtime_s)
-    classes = sorted(set(speed) | set(steps) | set(runtime))
+    classes = sorted(set(speed) | seen)
 
     def mean(d: dict[str, list[float]], hw: str) -> float:
         v = d.get(hw)
