@@ -75,10 +75,20 @@ def _ray(tmp_path: Path) -> Harness:
     return Harness(RayExecutor(f"ray:{ray_cluster()[1]}", poll_interval_s=0.1), tmp_path)
 
 
+def _sky(tmp_path: Path) -> Harness:
+    from fake_sky import FakeSky
+
+    from fleetlab.fleet.skypilot import SkyExecutor
+
+    fake = FakeSky(tmp_path / "clusters", validate=False)  # tests/test_skypilot.py checks the configs with SkyPilot
+    return Harness(SkyExecutor("sky:2", adapter=fake, poll_interval_s=0.05), tmp_path)
+
+
 # name -> factory; each engineer adds theirs here.
 FACTORIES: dict[str, Callable[[Path], Harness]] = {
     "local": _local,
     "ray": _ray,
+    "sky": _sky,
 }
 
 
