@@ -217,6 +217,8 @@ def cmd_results(a) -> int:
             sys.stdout.write(render(rows(opened.project, opened.store)))
             return 0
         recs = results(opened, a.tag)
+        if a.last:
+            recs = recs[-a.last:]
         if a.json:
             _print_json(recs)
             return 0
@@ -225,7 +227,7 @@ def cmd_results(a) -> int:
         t = Table(title=f"{opened.project.metric} ({opened.project.goal})")
         for col in ("id", opened.project.metric, "status", "state", "hw", "strategy", "description"):
             t.add_column(col)
-        for r in recs[-a.last:] if a.last else recs:
+        for r in recs:
             color = {"keep": "green", "crash": "red"}.get(r["status"] or "", "")
             t.add_row(r["id"], fmt_metric(r["metric"]), f"[{color}]{r['status'] or '-'}[/]" if color else
                       (r["status"] or "-"), r["state"], r["hardware"] or "-", r["strategy"], r["description"][:70])
@@ -499,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    if extra and getattr(a, "fn", None) is cmd_notes and not any(x.startswith("-") for x in extra):
+        a.text = [*a.text, *extra]  # `notes add --author X "text"`: the text may follow the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(a, "fn", None):
         parser.print_help()
         return 0
