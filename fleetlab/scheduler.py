@@ -630,7 +630,11 @@ class Scheduler:
                     reason = (f"--max-experiments {self.limits.max_experiments} done" if self._draining
                               and self.limits.max_experiments else "the strategy has nothing more to propose")
                     break
-                self.clock.wait(self._next_event())
+                nxt = self._next_event()
+                if nxt is None and getattr(self.clock, "virtual", False):
+                    reason = "the strategy proposed nothing and nothing is running"
+                    break  # on a virtual clock nothing else can ever happen
+                self.clock.wait(nxt)
         except KeyboardInterrupt:
             interrupted = True
             reason = "interrupted"
