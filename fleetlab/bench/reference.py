@@ -49,10 +49,10 @@ def _moves(first: int) -> list[tuple[int, int]]:
     return [(d, step) for step in range(1, 9) for d in (first, -first)]
 
 
-def _two_knob_change(space: Any, base: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """Two knobs moved one or two steps each, in random directions (empty if a move lands where it started)."""
+def _multi_knob_change(space: Any, base: dict[str, Any], rng: random.Random, k: int = 2) -> dict[str, Any]:
+    """k knobs moved one or two steps each, in random directions (empty if a move lands where it started)."""
     change = {}
-    for name in rng.sample(sorted(space.knobs), 2):
+    for name in rng.sample(sorted(space.knobs), min(k, len(space.knobs))):
         knob = space.knobs[name]
         value = neighbours(knob, base.get(name, knob.value), rng.choice((-1, 1)), rng.choice((1, 2)))
         if value == base.get(name, knob.value):
@@ -102,8 +102,8 @@ class SeqGreedy(Strategy):
                 self.latency_s = self.design_s
                 return [Proposal(description=f"greedy: {describe_change(base, {name: value})}", knobs={name: value},
                                  strategy=self.name, meta={"knob": name, "direction": direction})]
-        for _ in range(200):  # every one-knob move around the incumbent has run: try two knobs at once
-            change = _two_knob_change(space, base, self.rng)
+        for i in range(400):  # every one-knob move around the incumbent has run: try two (then more) knobs at once
+            change = _multi_knob_change(space, base, self.rng, 2 + i // 100)
             key = (inc, tuple(sorted(change.items(), key=lambda kv: kv[0])))
             if change and key not in self._tried and not space.violation({**base, **change}):
                 self._tried.add(key)
@@ -175,11 +175,12 @@ class WaveSync(Strategy):
                     added += 1
                     wave.append(Proposal(description=f"wave {self.waves + 1}: {describe_change(base, {name: value})}",
                                          knobs={name: value}, strategy=self.name))
-        # every one-knob sweep around this incumbent has run: combine two knobs (the original's phase 5)
+        # every one-knob sweep around this incumbent has run: combine knobs (the original's phase 5), two at first,
+        # more when the pairs run out (a 256-worker wave needs many)
         tries = 0
-        while len(wave) < size and tries < 50 * size:
+        while len(wave) < size and tries < 200 * size:
             tries += 1
-            change = _two_knob_change(space, base, self.rng)
+            change = _multi_knob_change(space, base, self.rng, 2 + tries // (20 * size))
             key = (inc, tuple(sorted(change.items(), key=lambda kv: kv[0])))
             if not change or key in self._tried or space.violation({**base, **change}):
                 continue
