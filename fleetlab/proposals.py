@@ -14,6 +14,7 @@ from fleetlab.errors import ProposalRejected
 from fleetlab.experiment import Experiment, Proposal, State
 from fleetlab.project import Project
 from fleetlab.store._base import Store
+from fleetlab.store.sqlite import blob_hash
 from fleetlab import workspace
 
 
@@ -81,9 +82,13 @@ class Materializer:
     def to_experiment(self, proposal: Proposal, parent: Experiment | None, *, tag: str, seed: int,
                       now: float, strategy: str = "", variant: Variant | None = None) -> Experiment:
         variant = variant or self.build(proposal, parent)
-        hashes = {name: self.store.put_blob(text) for name, text in variant.files.items()}
-        for name, h in hashes.items():
-            self._blobs.setdefault(h, variant.files[name])
+        hashes = {}
+        for name, text in variant.files.items():
+            h = blob_hash(text)
+            if h not in self._blobs:  # a blob this materializer has seen is already in the store
+                self.store.put_blob(text)
+                self._blobs[h] = text
+            hashes[name] = h
         return Experiment(
             id="", tag=tag, description=proposal.description or "(no description)", state=State.QUEUED,
             parent=parent.id if parent else None, strategy=proposal.strategy or strategy, role=proposal.role,

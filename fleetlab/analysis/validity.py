@@ -118,6 +118,10 @@ class ValidityKeepRule(KeepRule):
     # == fleet shape ================================================================================================
     def _refresh_fleet(self, view: View) -> None:
         workers = getattr(view, "workers_now", None) or []
+        key = (id(workers), len(workers))  # the scheduler replaces its worker list whenever the fleet changes
+        if key == getattr(self, "_workers_key", None):
+            return
+        self._workers_key = key
         sig = tuple(sorted({(w.hardware, float(getattr(w, "speed", 1.0) or 1.0)) for w in workers}))
         if sig != self._workers_sig:
             self._workers_sig = sig
