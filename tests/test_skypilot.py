@@ -220,3 +220,21 @@ def test_dry_run_writes_task_yamls_skypilot_accepts(mlp_project, tmp_path):
             exp_id = config["envs"]["EXPERIMENT_ID"]
             assert (Path(config["workdir"]) / "fleetlab-runs" / exp_id / "train.py").is_file()
             assert f"cd fleetlab-runs/{exp_id}" in config["run"]
+
+
+def test_a_restarted_orchestrator_reattaches_by_job_name(tmp_path):
+    ex, fake = _executor(tmp_path, "sky:1")
+    h = Harness(ex, tmp_path)
+    first = h.submit("exp-0001", "sleep 0.5; echo finished")
+    deadline = time.monotonic() + 20
+    while not fake.clusters.get("gpu-01") or not fake.queue("gpu-01"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    data = dict(first.data)  # what the store kept
+    later = SkyExecutor("sky:1", settings={"sky": {"accelerators": "H100:1"}}, adapter=fake, poll_interval_s=0.05)
+    again = later.reattach("exp-0001", data)
+    assert again is not None and again.worker_id == "gpu-01"
+    lines, u = Harness(later, tmp_path).wait([again], timeout_s=20)["exp-0001"]
+    assert u.exit_code == 0 and lines == ["finished"]
+    fake.preempt("gpu-01")
+    assert later.reattach("exp-0001", data) is None  # the cluster is gone: the scheduler re-queues it

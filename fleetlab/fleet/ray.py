@@ -31,6 +31,7 @@ from typing import Any
 
 from fleetlab.errors import ConfigError, ExecutorError, SetupFailed
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
+from fleetlab.fleet._logtail import LogTail
 
 LOG_FILE = "run.log"  # the job's output, mirrored into the run directory as it arrives (what `fleetlab show --log` reads)
 POLL_INTERVAL_S = 0.5  # the scheduler polls every 50 ms; the Jobs API is asked at most this often
@@ -87,11 +88,10 @@ class _Node:
 class _Job:
     """What poll remembers about one job."""
 
-    __slots__ = ("offset", "partial", "running_since", "reported", "cancelled", "timed_out", "last")
+    __slots__ = ("tail", "running_since", "reported", "cancelled", "timed_out", "last")
 
     def __init__(self) -> None:
-        self.offset = 0  # characters of the job's log already passed on
-        self.partial = ""
+        self.tail: LogTail | None = None  # the job's log, read whole each time
         self.running_since: float | None = None
         self.reported = False
         self.cancelled = False
@@ -379,16 +379,6 @@ class RayExecutor(Executor):
             text = self._client.get_job_logs(handle.data["submission_id"])
         except Exception:  # noqa: BLE001
             text = ""
-        new, job.offset = text[job.offset:], max(job.offset, len(text))
-        if new:
-            try:
-                with open(os.path.join(handle.data["workdir"], LOG_FILE), "a") as f:
-                    f.write(new)
-            except OSError:
-                pass
-        pieces = (job.partial + new).split("\n")
-        job.partial = pieces.pop()
-        if final and job.partial:
-            pieces.append(job.partial)
-            job.partial = ""
-        return tuple(p.rstrip("\r") for p in pieces if not RAY_LINE.match(p))
+        if job.tail is None:
+            job.tail = LogTail(os.path.join(handle.data["workdir"], LOG_FILE))
+        return tuple(p for p in job.tail.feed(text, final) if not RAY_LINE.match(p))

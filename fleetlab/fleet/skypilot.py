@@ -45,6 +45,7 @@ from typing import Any
 
 from fleetlab.errors import ConfigError, ExecutorError, SetupFailed
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
+from fleetlab.fleet._logtail import LogTail
 
 RUNS = "fleetlab-runs"  # the folder of per-experiment directories inside ~/sky_workdir
 SETUP_DIR = "fleetlab-setup"
@@ -137,13 +138,12 @@ class _Cluster:
 
 
 class _Run:
-    __slots__ = ("future", "job_id", "offset", "partial", "reported", "cancelled", "polled_at", "status", "text")
+    __slots__ = ("future", "job_id", "tail", "reported", "cancelled", "polled_at", "status", "text")
 
     def __init__(self, future: Future | None, job_id: int | None = None):
         self.future = future
         self.job_id = job_id
-        self.offset = 0
-        self.partial = ""
+        self.tail: LogTail | None = None
         self.reported = False
         self.cancelled = False
         self.polled_at = 0.0
@@ -415,21 +415,10 @@ class SkyExecutor(Executor):
                 run.text = self.sky.logs(h.data["cluster"], run.job_id)
             except ExecutorError:
                 pass
-        new, run.offset = run.text[run.offset:], max(run.offset, len(run.text))
-        if new:
-            try:
-                with open(os.path.join(h.data["workdir"], LOG_FILE), "a") as f:
-                    f.write(new)
-            except OSError:
-                pass
-        pieces = (run.partial + new).split("\n")
-        run.partial = pieces.pop()
-        if final and run.partial:
-            pieces.append(run.partial)
-            run.partial = ""
+        if run.tail is None:
+            run.tail = LogTail(os.path.join(h.data["workdir"], LOG_FILE))
         out = []
-        for p in pieces:
-            p = p.rstrip("\r")
+        for p in run.tail.feed(run.text, final):
             cut = min((p.index(m) for m in (TIMEOUT_LINE, EXIT_LINE) if m in p), default=None)
             if cut is not None:  # the script's own line (glued to the output when that ended without a newline)
                 if cut == 0:
