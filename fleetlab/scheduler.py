@@ -151,11 +151,30 @@ class Scheduler:
     def _load(self) -> None:
         for exp in self.store.experiments():
             self._remember(exp)
+        self._replay_keep_rule()
         inc = self.store.incumbent(self.tag)
         self._incumbent = self._exps.get(inc) if inc else None
         for exp in self._order:
             if exp.state.is_final:
                 self.strategy.observe(exp, self._context())
+
+    def _replay_keep_rule(self) -> None:
+        """Rebuild the keep rule's state after a restart: judge this session's finished experiments again in the
+        order they finished. Nothing is written; follow-ups it asks for were queued by the earlier orchestrator and
+        are in the store already. The stored incumbent stays authoritative."""
+        done = sorted((e for e in self._order if e.tag == self.tag and e.state.is_final),
+                      key=lambda e: (e.finished_at or 0.0, e.number))
+        if not done:
+            return
+        for exp in done:
+            decision = self.keep_rule.judge(exp, self)
+            if decision.status == "keep":
+                target = (decision.numbers or {}).get("incumbent_id")
+                self._incumbent = self._exps.get(target, exp) if target else exp
+            for exp_id, d in getattr(self.keep_rule, "pop_decisions", lambda: [])():
+                if d.status == "keep" and exp_id in self._exps:
+                    self._incumbent = self._exps[exp_id]
+        self.keep_rule.followups(self)
 
     def _remember(self, exp: Experiment) -> None:
         if exp.id in self._index:
