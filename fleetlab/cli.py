@@ -67,7 +67,8 @@ class _Printer:
         elif kind == "finished" and not self.quiet:
             e, d = info["exp"], info["decision"]
             color = {"keep": "green", "discard": "white", "crash": "red", "pending": "yellow"}.get(d.status, "white")
-            c.print(f"{e.id} [{color}]{d.status:7s}[/] {e.state.value:9s} {self.metric}={fmt_metric(e.metric)} "
+            status = d.status if e.role == "explore" or d.status in ("keep", "crash") else e.role  # bookkeeping runs
+            c.print(f"{e.id} [{color}]{status:9s}[/] {e.state.value:9s} {self.metric}={fmt_metric(e.metric)} "
                     f"on {e.hardware or '-'}  {e.description[:70]}")
         elif kind == "decision" and not self.quiet:
             e, d = info["exp"], info["decision"]
