@@ -238,3 +238,57 @@ def test_a_restarted_orchestrator_reattaches_by_job_name(tmp_path):
     assert u.exit_code == 0 and lines == ["finished"]
     fake.preempt("gpu-01")
     assert later.reattach("exp-0001", data) is None  # the cluster is gone: the scheduler re-queues it
+
+
+def test_the_adapter_speaks_the_sdk_shapes(monkeypatch, tmp_path):
+    """The real adapter over SkyPilot's own functions replaced at the SDK's edge (request ids, sky.get): this checks
+    what it sends and how it reads SkyPilot's own types back, not SkyPilot or a cloud."""
+    from types import SimpleNamespace
+
+    import sky
+    from sky.skylet.job_lib import JobStatus
+
+    from fleetlab.fleet.sky_adapter import SkyAdapter, SkyFailure
+
+    calls = []
+    results = {}
+
+    def request(name, value):
+        def fn(*args, **kwargs):
+            calls.append((name, args, kwargs))
+            results[name] = value
+            return name  # the request id
+        return fn
+
+    handle = SimpleNamespace(launched_resources=sky.Resources(accelerators={"H200": 1}))
+    monkeypatch.setattr(sky, "launch", request("launch", (None, handle)))
+    monkeypatch.setattr(sky, "exec", request("exec", (7, handle)))
+    monkeypatch.setattr(sky, "status", request("status", [{"name": "gpu-01", "status": sky.ClusterStatus.UP,
+                                                             "handle": handle}]))
+    monkeypatch.setattr(sky, "job_status", request("job_status", {7: JobStatus.RUNNING}))
+    monkeypatch.setattr(sky, "queue", request("queue", [{"job_id": 7, "job_name": "fleetlab-exp-0001",
+                                                           "status": JobStatus.SUCCEEDED}]))
+    monkeypatch.setattr(sky, "get", lambda rid: results[rid])
+    monkeypatch.setattr(sky, "stream_and_get", lambda rid, **kw: results[rid])
+    monkeypatch.setattr(sky, "tail_logs", lambda c, j, follow, output_stream=None: output_stream.write("val_bpb: 1\n"))
+    a = SkyAdapter()
+    config = {"name": "fleetlab-setup", "workdir": str(tmp_path), "resources": {"accelerators": {"H100": 1, "H200": 1}},
+              "setup": "true"}
+    assert a.launch(config, "gpu-01", autostop_minutes=10, down=True) is None
+    task = calls[-1][1][0]
+    assert isinstance(task, sky.Task) and calls[-1][2] == {"cluster_name": "gpu-01", "idle_minutes_to_autostop": 10,
+                                                           "down": True}
+    assert config["workdir"] == str(tmp_path)  # the caller's dict is left alone
+    assert a.exec({**config, "run": "echo"}, "gpu-01") == 7
+    assert a.cluster_status("gpu-01") == ("UP", "H200") and a.cluster_status("gpu-02") == (None, None)
+    assert a.job_status("gpu-01", 7) == "RUNNING"
+    assert a.queue("gpu-01") == [{"job_id": 7, "name": "fleetlab-exp-0001", "status": "SUCCEEDED"}]
+    assert a.logs("gpu-01", 7) == "val_bpb: 1\n"
+
+    def unavailable(*a, **k):
+        raise sky.exceptions.ResourcesUnavailableError("no H100 anywhere")
+
+    monkeypatch.setattr(sky, "launch", unavailable)
+    with pytest.raises(SkyFailure, match="no cloud could provide") as e:
+        a.launch(config, "gpu-01")
+    assert not e.value.setup

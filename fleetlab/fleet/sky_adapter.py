@@ -90,8 +90,7 @@ class SkyAdapter:
             records = self._wait(self._sky.status(cluster_names=[cluster]))
         except Exception as e:  # noqa: BLE001
             raise SkyFailure(f"could not get the status of {cluster}: {e}") from e
-        for r in records or []:
-            r = r if isinstance(r, dict) else getattr(r, "model_dump", lambda: vars(r))()
+        for r in records or []:  # dicts, or SkyPilot's response models, which answer .get like one
             if r.get("name") == cluster:
                 handle = r.get("handle")
                 resources = getattr(handle, "launched_resources", None)
@@ -113,7 +112,6 @@ class SkyAdapter:
             raise SkyFailure(f"could not list the jobs of {cluster}: {e}") from e
         out = []
         for r in records or []:
-            r = r if isinstance(r, dict) else getattr(r, "model_dump", lambda: vars(r))()
             out.append({"job_id": r.get("job_id"), "name": r.get("job_name"), "status": _name(r.get("status"))})
         return out
 
