@@ -229,6 +229,16 @@ def test_files_source_pins_validation_files_by_path(tmp_path, prepare_module):
     expected_val = {f"dir{i % 3}/note{i}.md" for i in range(60) if prepare_module.is_val_path(f"dir{i % 3}/note{i}.md")}
     assert {f"Note {i}." for i in range(60) if f"dir{i % 3}/note{i}.md" in expected_val} == {v for v in val if v.startswith("Note")}
 
+    # two files cannot be split by file: documents are pinned instead, at least one of them
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "a.txt").write_text("\n\n\n".join(f"Paragraph {i} of a." for i in range(5)))
+    (few / "b.txt").write_text("Only paragraph of b.")
+    prepare_module.prepare_data(tmp_path / "few-cache", f"files:{few}/*.txt")
+    val = pq.read_table(tmp_path / "few-cache" / "data" / "val.parquet").column("text").to_pylist()
+    train = pq.read_table(tmp_path / "few-cache" / "data" / "train_00000.parquet").column("text").to_pylist()
+    assert val and train and sorted(val + train) == sorted([f"Paragraph {i} of a." for i in range(5)] + ["Only paragraph of b."])
+
 
 class _Unigram(torch.nn.Module):
     """A fixed model: the same logits at every position."""

@@ -163,24 +163,35 @@ def split_documents(text, max_chars=4000):
     return [d.strip("\n") for d in docs if d.strip()]
 
 
+def _digest(key):
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16)
+
+
 def is_val_path(rel):
-    return int(hashlib.sha256(rel.encode()).hexdigest(), 16) % VAL_EVERY == 0
+    return _digest(rel) % VAL_EVERY == 0
 
 
 def local_corpus(directory, source, paths, root):
-    """Turn files (sorted by relative path, undecodable ones skipped) into a train/val corpus."""
+    """Turn files (sorted by relative path, undecodable ones skipped) into a train/val corpus. Validation is pinned by
+    file path; with too few files for that, by (path, document number)."""
     rels = sorted((Path(os.path.relpath(os.path.abspath(p), root)).as_posix(), Path(p)) for p in paths)
-    train, val, used = [], [], 0
+    files = []
     for rel, path in rels:
         try:
-            text = path.read_text(encoding="utf-8")
+            files.append((rel, split_documents(path.read_text(encoding="utf-8"))))
         except (UnicodeDecodeError, OSError):
             continue
-        used += 1
-        (val if is_val_path(rel) else train).extend(split_documents(text))
+    split = {True: [], False: []}
+    for rel, docs in files:
+        split[is_val_path(rel)].extend(docs)
+    if not split[True] or not split[False]:  # few files: pin documents instead (at least one)
+        keyed = [(f"{rel}#{i}", doc) for rel, docs in files for i, doc in enumerate(docs)]
+        pinned = {key for key, _ in keyed if is_val_path(key)} or {min((k for k, _ in keyed), key=_digest, default="")}
+        split = {True: [d for k, d in keyed if k in pinned], False: [d for k, d in keyed if k not in pinned]}
+    train, val = split[False], split[True]
     if not train or not val:
-        sys.exit(f"Data: {used} readable file(s) give no train/validation split; give the source more files.")
-    print(f"Data: {used} files -> {len(train):,} train / {len(val):,} validation documents")
+        sys.exit(f"Data: {len(files)} readable file(s) hold too little text for a train/validation split.")
+    print(f"Data: {len(files)} files -> {len(train):,} train / {len(val):,} validation documents")
     write_corpus(directory, source, train, val)
 
 
