@@ -123,6 +123,7 @@ class Scheduler:
         self._strategy_done = False
         self._curves: dict[str, list[tuple[float, float]]] = {}
         self._cancelling: set[str] = set()
+        self._dropped: set[str] = set()
 
     # == view for keep rules / strategies ==========================================================================
     def get(self, exp_id: str) -> Experiment:
@@ -396,9 +397,9 @@ class Scheduler:
                 worker = next((w for w in free if self._match(exp, w)), None)
             if worker is None:
                 continue
-            if self._start_run(exp, worker):
-                free.remove(worker)
             self._queue.remove(exp)
+            free.remove(worker)  # started, or failed to start (re-queued): either way not this pass again
+            self._start_run(exp, worker)
 
     def _start_run(self, exp: Experiment, worker: Worker) -> bool:
         now = self.clock.now()
@@ -442,7 +443,17 @@ class Scheduler:
         self.emit("started_run", exp=exp, worker=worker)
         return True
 
+    def _refresh_workers(self) -> None:
+        """Re-read the fleet's workers (nodes join and leave, clusters get relaunched on other hardware)."""
+        known = {w.id for w in self._workers}
+        workers = [w for w in self.executor.workers() if w.id in known or w.id not in self._dropped]
+        if [(w.id, w.hardware) for w in workers] != [(w.id, w.hardware) for w in self._workers]:
+            self._workers = workers
+            self._busy_workers &= {w.id for w in workers} | set(r.worker.id for r in self._running.values())
+            self.emit("fleet_changed", workers=workers)
+
     def _drop_worker(self, worker: Worker, reason: str) -> None:
+        self._dropped.add(worker.id)
         self._workers = [w for w in self._workers if w.id != worker.id]
         self._busy_workers.discard(worker.id)
         self.emit("worker_removed", worker=worker, reason=reason)
@@ -500,6 +511,7 @@ class Scheduler:
         ended = up.finished_at if up.finished_at is not None else self.clock.now()
         started = up.started_at if up.started_at is not None else run.started_at
         if up.infra_failure:
+            self._refresh_workers()  # a node died or a cluster came back on other hardware
             self.store.requeue(exp.id, up.infra_failure)
             exp = self.store.get(exp.id)
             self._remember(exp)
