@@ -206,3 +206,16 @@ def test_many_workers_are_fast():
     done = drive(ex, clock, lambda n: f"MATRIX_LR = {rng.uniform(0.02, 0.08):.4f}\n", until=2 * 3600)
     assert len(done) > 256 * 20
     assert time.perf_counter() - t < 20  # ~1-2 s on a laptop core
+
+
+def test_unknown_handle_is_an_infrastructure_failure():
+    from fleetlab.fleet._base import Handle
+
+    for progress in (True, False):
+        clock = VirtualClock()
+        ex = SimExecutor("sim:1", Quadratic(), clock, progress=progress)
+        h = ex.submit(spec("exp-0001", "X0 = 0.1\n"), ex.workers()[0])
+        clock.wait(ex.next_event_at())
+        (u1, u2) = ex.poll([h, Handle("exp-9999", "sim-cpu-01")])
+        assert u1.finished and u1.exit_code == 0
+        assert u2.finished and u2.infra_failure

@@ -162,18 +162,18 @@ class SimExecutor(Executor):
         if not due and not self.progress:
             return []  # nothing ended and no progress lines to show: the common case between events
         updates = []
+        runs = self._runs
+        if not self.progress:  # only ended runs to report: a set look-up per handle
+            for h in handles:
+                if h.experiment_id in due:
+                    updates.append(self._report_end(h.experiment_id))
+                elif h.experiment_id not in runs:
+                    updates.append(Update(h.experiment_id, True, infra_failure="the simulated fleet has no such run"))
+            return updates
         for h in handles:
             exp_id = h.experiment_id
             if exp_id in due:
-                due.discard(exp_id)
-                run = self._runs[exp_id]
-                lines = [line for _, line in run.progress[run.shown:]] + self._final_lines(run)
-                run.shown = len(run.progress)
-                run.lines.extend(lines)
-                self._finish(run)
-                exit_code = -15 if run.cancelled else -9 if run.timed_out else (0 if run.result.get("metric") is not None else 1)
-                updates.append(Update(exp_id, True, tuple(lines), exit_code=exit_code, timed_out=run.timed_out,
-                                      started_at=run.start, finished_at=run.end))
+                updates.append(self._report_end(exp_id))
                 continue
             run = self._runs.get(exp_id)
             if run is None:
@@ -187,6 +187,17 @@ class SimExecutor(Executor):
                 run.lines.extend(lines)
                 updates.append(Update(exp_id, False, tuple(lines), started_at=run.start))
         return updates
+
+    def _report_end(self, exp_id: str) -> Update:
+        self._due.discard(exp_id)
+        run = self._runs[exp_id]
+        lines = [line for _, line in run.progress[run.shown:]] + self._final_lines(run)
+        run.shown = len(run.progress)
+        run.lines.extend(lines)
+        self._finish(run)
+        exit_code = -15 if run.cancelled else -9 if run.timed_out else (0 if run.result.get("metric") is not None else 1)
+        return Update(exp_id, True, tuple(lines), exit_code=exit_code, timed_out=run.timed_out,
+                      started_at=run.start, finished_at=run.end)
 
     def logs(self, handle: Handle) -> str:
         run = self._runs.get(handle.experiment_id)
