@@ -271,9 +271,8 @@ class Scheduler:
             parent = self.get(prop.parent) if prop.parent else self._default_parent()
         added = []
         for _ in range(max(1, prop.replicates)):
-            if self.limits.max_experiments and self._session_count >= self.limits.max_experiments \
-                    and prop.role == "explore":
-                break
+            if self.limits.max_experiments and self._session_count >= self.limits.max_experiments:
+                break  # a hard cap: replicates and validations count too
             if variant is None:
                 variant = self.materializer.build(prop, parent)  # replicates share one validated variant
             exp = self.materializer.to_experiment(prop, parent, tag=self.tag, seed=self._rng.randrange(2 ** 31),

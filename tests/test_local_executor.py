@@ -201,11 +201,13 @@ def test_resubmit_in_the_same_workdir_ignores_the_earlier_attempt(ex, tmp_path):
 
 
 def test_two_slots_run_at_once(ex, tmp_path):
-    a = submit(ex, tmp_path, "sleep 0.5; echo a", experiment_id="exp-0001", worker=0)
-    b = submit(ex, tmp_path, "sleep 0.5; echo b", experiment_id="exp-0002", worker=1)
-    t0 = time.monotonic()
+    # each run waits for the other to have started: they can only both finish if they run at the same time
+    da, db = tmp_path / "sync-a", tmp_path / "sync-b"
+    a = submit(ex, tmp_path, f"touch {da}; while [ ! -e {db} ]; do sleep 0.05; done; echo a",
+               experiment_id="exp-0001", worker=0)
+    b = submit(ex, tmp_path, f"touch {db}; while [ ! -e {da} ]; do sleep 0.05; done; echo b",
+               experiment_id="exp-0002", worker=1)
     assert wait(ex, a)[0] == ["a"] and wait(ex, b)[0] == ["b"]
-    assert time.monotonic() - t0 < 1.0  # one after the other would take 1 s of sleeping alone
 
 
 def test_submit_to_a_foreign_worker_or_missing_workdir_is_refused(ex, tmp_path):
