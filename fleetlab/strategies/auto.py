@@ -258,6 +258,43 @@ class ResponseModel:
         better = sorted((t[0] / t[1], combo) for combo, t in sums.items()
                         if combo != own and t[0] / t[1] < ref and (own, combo) not in self.transplanted)
         targets = [combo for _, combo in better[:2]]
+        # pairs: two categorical knobs moved together (interacting architecture knobs, e.g. a wider and shallower
+        # model at equal cost), ranked by the adjusted mean of every run that has that pair of values
+        pair_gain: list[tuple[float, tuple]] = []
+        codes = [np.unique(Carr[:, j].astype(str), return_inverse=True) for j in range(len(cats))]
+        for j1 in range(len(cats)):
+            for j2 in range(j1 + 1, len(cats)):
+                names1, inv1 = codes[j1]
+                names2, inv2 = codes[j2]
+                pair = inv1 * len(names2) + inv2
+                cnt = np.bincount(pair, minlength=len(names1) * len(names2))
+                tot = np.bincount(pair, weights=adj, minlength=len(names1) * len(names2))
+                own_i = np.flatnonzero(names1 == str(own[j1]))
+                own_k = np.flatnonzero(names2 == str(own[j2]))
+                if not len(own_i) or not len(own_k):
+                    continue
+                own_code = own_i[0] * len(names2) + own_k[0]
+                if cnt[own_code] == 0:
+                    continue
+                own_mean = tot[own_code] / cnt[own_code]
+                for code in np.flatnonzero(cnt >= 2):
+                    a, b = divmod(int(code), len(names2))
+                    if names1[a] == str(own[j1]) or names2[b] == str(own[j2]):
+                        continue
+                    gain = own_mean - tot[code] / cnt[code]
+                    if gain > 0:
+                        v1 = next(c for c in space.knobs[cats[j1]].choices if str(c) == names1[a])
+                        v2 = next(c for c in space.knobs[cats[j2]].choices if str(c) == names2[b])
+                        combo = list(own)
+                        combo[j1], combo[j2] = v1, v2
+                        pair_gain.append((-float(gain), tuple(combo)))
+        pair_gain.sort(key=lambda t: t[0])
+        for _, combo in pair_gain:
+            if len(targets) >= 4:
+                break
+            if combo not in targets and (own, combo) not in self.transplanted and not self.crashes(
+                    dict(zip(cats, combo))):
+                targets.append(combo)
         for j, k in enumerate(cats):
             for c in space.knobs[k].choices:
                 combo = own[:j] + (c,) + own[j + 1:]
