@@ -34,6 +34,10 @@ __all__ = ["AutoStrategy", "ResponseModel"]
 
 class AutoStrategy(Strategy):
     name = "auto"
+    # keep a few explorations queued beyond the free workers: on a mixed fleet the keep rule's validation runs wait
+    # in the queue for the validate tier, and without slack they count as work the free screen workers cannot take
+    # (13xH100+3xH200, 8 h: utilization 0.94-0.95 without it)
+    lookahead_hint = 3
 
     def __init__(self, seed: int = 0, bo_share: float = 0.35, model_share: float = 0.45, sampler: str = "tpe"):
         from fleetlab.strategies.optuna import OptunaGPStrategy, OptunaStrategy
