@@ -202,6 +202,8 @@ def test_user_surface_loads_from_file(tmp_path):
     s = load_surface(f"{path}:make")
     assert s.evaluate({"X": 0.75}, "A10", None)["metric"] == 0.5
     assert s.hardware == {"A10": 1.0}
+    with pytest.raises(FleetlabError, match="built-in surfaces only"):
+        load_surface(f"{path}:make", sigma=0.1)
 
 
 @pytest.mark.parametrize("spec, message", [

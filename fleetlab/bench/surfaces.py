@@ -228,6 +228,9 @@ def load_surface(spec: str | Any, **options: Any) -> Any:
     if ".py:" in spec or spec.endswith(".py"):
         if spec.endswith(".py"):
             raise FleetlabError(f"surface {spec!r} names a file but no factory: write {spec}:FACTORY")
+        if options:
+            raise FleetlabError(f"surface options ({', '.join(sorted(options))}) apply to built-in surfaces only; "
+                                f"give {spec} its own defaults")
         return check_surface(_load_file(spec), where=f"surface {spec!r}")
     name, _, query = spec.partition("?")
     factory = SURFACES.get(name.strip())
