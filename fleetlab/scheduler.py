@@ -315,8 +315,18 @@ class Scheduler:
         free = len(self._workers) - len(self._running)
         # a slow strategy (an LLM) may ask to keep more queued: the runs that end while it thinks
         lookahead = max(self.lookahead, int(getattr(self.strategy, "lookahead_hint", 0) or 0))
-        want = free + lookahead - len(self._queue)
+        want = free + lookahead - self._queued_for_free()
         return max(0, min(want, left))
+
+    def _queued_for_free(self) -> int:
+        """Queued experiments a free worker could take now. Runs waiting for one tier or hardware class (validations
+        for the fastest GPUs) must not starve the other workers of proposals."""
+        if not any(e.want_hardware or e.tier for e in self._queue):
+            return len(self._queue)
+        free = self._free_workers()
+        hw_exists = {w.hardware for w in self._workers}
+        return sum(1 for e in self._queue if (e.want_hardware and e.want_hardware not in hw_exists)
+                   or any(self._match(e, w) for w in free))
 
     def _request_proposals(self) -> None:
         if self._request is not None or self._request_ready_at is not None:
