@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -54,6 +55,9 @@ def test_record_fields_and_invariants():
     assert rec["best_metric"] <= bowl.truth(bowl.baseline, "H200")
     assert rec["cost_usd"] == pytest.approx((3 * 2.0 + 2.3) * 2.0, rel=0.05)
     assert rec["gpu_hours"] == pytest.approx(8.0, rel=0.05)
+    assert math.isfinite(rec["noise_sigma_est"]) and rec["noise_sigma_est"] > 0  # issue 6 point 8
+    assert set(rec["hardware_effects_est"]) == {"H200"}
+    assert all(math.isfinite(v) for v in rec["hardware_effects_est"].values())
     if rec["hours_to_target"] is not None:
         assert rec["gpu_hours_to_target"] == pytest.approx(4 * rec["hours_to_target"], rel=0.01)
         first = next(h for h, m in rec["trajectory"] if m <= 0.999)

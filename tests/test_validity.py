@@ -132,9 +132,8 @@ def test_hardware_effect_within_20_percent_on_a_mixed_fleet(planted_runs):
         off = rule.hardware_offsets()
         assert set(off) == {"H100", "H200"}  # H100 is the slower class: the reference
         errors.append(abs(off["H200"] - -0.005) / 0.005)
-    errors.sort()
-    # measured: median error 6 %, 18 of 20 seeds within ±20 %, the worst 25 % (a 4-hour session, 8 workers)
-    assert errors[len(errors) // 2] <= 0.10 and errors[-3] <= 0.20, errors
+    # the issue's target on every seed (benchmarks/validity.py reports the median and the worst)
+    assert max(errors) <= 0.20, sorted(errors)
 
 
 def test_false_keeps_at_most_5_percent_and_true_3sigma_kept_90_percent(planted_runs):
@@ -154,8 +153,8 @@ def test_false_keeps_at_most_5_percent_and_true_3sigma_kept_90_percent(planted_r
                 kept_trues += hist[-1].status == "keep"
     assert nulls > 1000 and trues >= 100
     assert kept_nulls / nulls <= 0.05, (kept_nulls, nulls)
-    # the issue asks for ≥ 90 %; measured 88 % with k=1σ, R=3 (see the closing note): this guards against regressions
-    assert kept_trues / trues >= 0.85, (kept_trues, trues)
+    # the issue's targets (k=1σ, R=3, α=0.1; benchmarks/validity.py has the figures)
+    assert kept_trues / trues >= 0.90, (kept_trues, trues)
 
 
 def test_tiers_incumbent_replicates_and_decision_numbers(planted_runs):
@@ -172,7 +171,7 @@ def test_tiers_incumbent_replicates_and_decision_numbers(planted_runs):
     keep = next(d for d in verdicts if d.status == "keep")
     for key in ("mean", "n", "inc_mean", "inc_n", "t", "p", "sigma", "gain"):
         assert key in keep.numbers
-    assert keep.numbers["p"] < 0.05 and keep.numbers["n"] == 3
+    assert keep.numbers["p"] < rule.alpha == 0.1 and keep.numbers["n"] == 3
     assert any("screening false positive" in d.reason for d in verdicts)
     baseline = [e for e in exps if e.role == "baseline"]
     assert len(baseline) == 3 and len({e.seed for e in baseline}) == 3
@@ -189,38 +188,40 @@ def test_deterministic_single_class_falls_back_to_better_than(tmp_path):
     assert ex.truth(sched.incumbent().id) < ex.truth(kept[0].id)
 
 
-def test_simplification_equal_within_noise_is_kept(tmp_path):
-    class View:
-        goal = "minimize"
+class Manual:
+    """The keep rule fed by hand: a minimal view (one hardware class, no workers) and `run` to judge a finished run."""
 
-        def __init__(self):
-            self.exps, self.inc, self.workers_now = {}, None, []
+    goal = "minimize"
 
-        def get(self, i):
-            return self.exps[i]
+    def __init__(self, rule=None):
+        self.exps, self.inc, self.workers_now, self.rule, self.n = {}, None, [], rule or ValidityKeepRule(), 0
 
-        def incumbent(self):
-            return self.inc
+    def get(self, i):
+        return self.exps[i]
 
-        def experiments(self):
-            return list(self.exps.values())
+    def incumbent(self):
+        return self.inc
 
-    from fleetlab.experiment import Experiment, State
+    def experiments(self):
+        return list(self.exps.values())
 
-    rng = random.Random(0)
-    view, rule = View(), ValidityKeepRule()
-    n = 0
+    def run(self, role, key, value, parent=None, added=0, removed=0, hardware="cpu"):
+        from fleetlab.experiment import Experiment, State
 
-    def run(role, key, value, parent=None, added=0, removed=0):
-        nonlocal n
-        n += 1
-        e = Experiment(id=f"exp-{n:04d}", tag="t", description=role, state=State.DONE, role=role, parent=parent,
-                       content_hash=key, metric=value, hardware="cpu", lines_added=added, lines_removed=removed)
-        view.exps[e.id] = e
-        d = rule.judge(e, view)
+        self.n += 1
+        e = Experiment(id=f"exp-{self.n:04d}", tag="t", description=role, state=State.DONE, role=role, parent=parent,
+                       content_hash=key, metric=value, hardware=hardware, lines_added=added, lines_removed=removed)
+        self.exps[e.id] = e
+        d = self.rule.judge(e, self)
         if d.status == "keep":
-            view.inc = e
+            self.inc = e
         return e, d
+
+
+def test_simplification_equal_within_noise_is_kept(tmp_path):
+    rng = random.Random(0)
+    view = Manual()
+    rule, run = view.rule, view.run
 
     for _ in range(3):
         run("baseline", "base", 1.0 + rng.gauss(0, 0.01))
@@ -236,6 +237,48 @@ def test_simplification_equal_within_noise_is_kept(tmp_path):
     # a gain within noise bought with much new code is discarded at screening (nothing to flag: not kept)
     _, d = run("explore", "long", 1.0, parent=cand.id, added=80)
     assert d.status == "discard"
+
+
+def test_verdict_waits_for_the_incumbents_fresh_replicates_not_its_validation_runs():
+    view = Manual()
+    rule, run = view.rule, view.run
+    for x in (1.0, 1.002, 0.998):
+        run("baseline", "base", x)
+    a, d = run("explore", "A", 0.99, parent="exp-0001")
+    assert d.status == "pending"
+    for x in (0.9900, 0.9905, 0.9895):
+        run("validate", "A", x, parent=a.id)
+    (cid, verdict), = rule.pop_decisions()
+    assert cid == a.id and verdict.status == "keep"
+    view.inc = a
+    assert [p.role for p in rule.followups(view)] == ["validate", "replicate"]  # A's validation; then its fresh runs
+    b, d = run("explore", "B", 0.985, parent=a.id)
+    assert d.status == "pending"
+    for x in (0.9845, 0.9850, 0.9855):
+        run("validate", "B", x, parent=b.id)
+    assert rule.pop_decisions() == []  # A has only its validation runs (a lucky draw): wait
+    run("replicate", "A", 0.991, parent=a.id)
+    assert rule.pop_decisions() == []
+    run("replicate", "A", 0.990, parent=a.id)
+    (cid, verdict), = rule.pop_decisions()
+    assert cid == b.id and verdict.status == "keep" and verdict.numbers["compared"] == "same class"
+    assert verdict.numbers["inc_n"] == 2
+
+
+def test_incumbent_replicates_per_class_on_a_mixed_fleet():
+    from types import SimpleNamespace
+
+    view = Manual(ValidityKeepRule(replicates=3))
+    view.workers_now = [SimpleNamespace(hardware=hw, speed=sp, price_per_hour=0.0, tier=None)
+                        for hw, sp in (("H100", 1.0), ("H100", 1.0), ("H200", 1.08))]
+    view.run("baseline", "base", 1.0, hardware="H100")
+    props = view.rule.followups(view)
+    assert {(p.hardware, p.replicates) for p in props} == {("H100", 2), ("H200", 3)}  # R per class, 1 done
+    view = Manual(ValidityKeepRule(replicates=3, class_replicates=5))
+    view.workers_now = [SimpleNamespace(hardware="H100", speed=1.0, price_per_hour=0.0, tier=None),
+                        SimpleNamespace(hardware="H200", speed=1.08, price_per_hour=0.0, tier=None)]
+    view.run("baseline", "base", 1.0, hardware="H200")
+    assert {(p.hardware, p.replicates) for p in view.rule.followups(view)} == {("H100", 5), ("H200", 4)}
 
 
 def test_welch_one_sided_borrows_the_pooled_sigma():

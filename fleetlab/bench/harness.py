@@ -14,7 +14,9 @@ One record per run (`run_bench` returns them; `--json` prints them under `runs`)
   worker-hours held, busy or idle, as the critics of the original counted them), cost_usd (worker-hours x price),
   keeps (incumbent changes after the baseline), false_keep_rate (share of keeps whose true metric is not better than
   their parent's), plus valid_experiments, gpu_hours, workers, optimum_on_fleet, stop_reason, wall_s and cpu_s (real and
-  CPU seconds the simulation took) and trajectory ([hours, true metric of the incumbent] at every change).
+  CPU seconds the simulation took), trajectory ([hours, true metric of the incumbent] at every change),
+  noise_sigma_est (the final pooled σ estimate, None when nothing was replicated) and hardware_effects_est (hardware ->
+  estimated additive effect on the metric relative to the slowest class; {} on a one-class fleet).
 """
 
 from __future__ import annotations
@@ -164,6 +166,9 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
         end = clock.now()
         exps = [e for e in sched.experiments() if e.tag == "bench"]
         record = _record(surface, executor, exps, trace, summary, end, hours, target)
+        from fleetlab.analysis.hardware import bench_estimates
+
+        record.update(bench_estimates(exps, executor.workers()))  # noise_sigma_est, hardware_effects_est (issue 6)
         store.close()
     record.update(surface=surface_name or getattr(surface, "name", type(surface).__name__), fleet=fleet,
                   strategy=strategy, seed=seed, wall_s=round(wall_s, 2),
