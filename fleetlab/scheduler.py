@@ -10,6 +10,7 @@ that died, so nothing is lost and nothing runs twice.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import threading
@@ -124,6 +125,7 @@ class Scheduler:
         self._curves: dict[str, list[tuple[float, float]]] = {}
         self._cancelling: set[str] = set()
         self._dropped: set[str] = set()
+        self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
 
     # == view for keep rules / strategies ==========================================================================
     def get(self, exp_id: str) -> Experiment:
@@ -199,6 +201,7 @@ class Scheduler:
                 workdir = self.project.runs_dir / exp.id
                 ro = (exp.meta.get("readonly_hashes") or {})
                 self._running[exp.id] = _Running(exp, handle, worker, workdir, ro, exp.started_at or now)
+                self._handles = None
                 self._busy_workers.add(worker.id)
                 self.emit("reattached", exp=exp)
             else:
@@ -448,6 +451,7 @@ class Scheduler:
             attempts=exp.attempts + 1)
         self._remember(exp)
         self._running[exp.id] = _Running(exp, handle, worker, workdir, ro_hashes, now)
+        self._handles = None
         self._busy_workers.add(worker.id)
         self.emit("started_run", exp=exp, worker=worker)
         return True
@@ -476,7 +480,9 @@ class Scheduler:
         nxt = self.executor.next_event_at()
         if nxt is not None and nxt > self.clock.now():
             return  # on the virtual clock nothing ends before the executor's next event
-        updates = self.executor.poll([r.handle for r in self._running.values()])
+        if self._handles is None:
+            self._handles = [r.handle for r in self._running.values()]
+        updates = self.executor.poll(self._handles)
         for up in updates:
             run = self._running.get(up.experiment_id)
             if run is None:
@@ -516,6 +522,7 @@ class Scheduler:
     def _finish(self, run: _Running, up) -> None:
         exp = run.exp
         del self._running[exp.id]
+        self._handles = None
         self._busy_workers.discard(run.worker.id)
         ended = up.finished_at if up.finished_at is not None else self.clock.now()
         started = up.started_at if up.started_at is not None else run.started_at
@@ -648,30 +655,20 @@ class Scheduler:
         reason = "finished"
         interrupted = False
         old = None
-        if threading.current_thread() is threading.main_thread() and not getattr(self.clock, "virtual", False):
+        virtual = getattr(self.clock, "virtual", False)
+        if threading.current_thread() is threading.main_thread() and not virtual:
             old = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # on a virtual clock nobody else reads the store while we run: one transaction per step, not per write
+        batch = getattr(self.store, "batch", None) if virtual else None
         try:
             while True:
-                self._collect()
-                self._pull_submissions()
-                why = self._check_limits() or self._baseline_failed()
+                with batch() if batch is not None else contextlib.nullcontext():
+                    why = self._step()
                 if why:
                     reason = why
                     break
-                self._receive_proposals()
-                self._dispatch()
-                self._request_proposals()
-                self._receive_proposals()
-                self._dispatch()
-                self._maybe_export()
-                if self.limits.max_experiments and self._session_count >= self.limits.max_experiments:
-                    self._draining = True
-                if self._exhausted():
-                    reason = (f"--max-experiments {self.limits.max_experiments} done" if self._draining
-                              and self.limits.max_experiments else "the strategy has nothing more to propose")
-                    break
                 nxt = self._next_event()
-                if nxt is None and getattr(self.clock, "virtual", False):
+                if nxt is None and virtual:
                     reason = "the strategy proposed nothing and nothing is running"
                     break  # on a virtual clock nothing else can ever happen
                 self.clock.wait(nxt)
@@ -683,6 +680,26 @@ class Scheduler:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return self.summary(reason)
+
+    def _step(self) -> str | None:
+        """One turn of the loop; returns why the session ends, or None to go on."""
+        self._collect()
+        self._pull_submissions()
+        why = self._check_limits() or self._baseline_failed()
+        if why:
+            return why
+        self._receive_proposals()
+        self._dispatch()
+        self._request_proposals()
+        self._receive_proposals()
+        self._dispatch()
+        self._maybe_export()
+        if self.limits.max_experiments and self._session_count >= self.limits.max_experiments:
+            self._draining = True
+        if self._exhausted():
+            return (f"--max-experiments {self.limits.max_experiments} done" if self._draining
+                    and self.limits.max_experiments else "the strategy has nothing more to propose")
+        return None
 
     def _next_event(self) -> float | None:
         times = [t for t in (self.executor.next_event_at(), self._request_ready_at) if t is not None]
@@ -722,6 +739,7 @@ class Scheduler:
 
     def _cancel_record(self, run: _Running, up) -> None:
         self._running.pop(run.exp.id, None)
+        self._handles = None
         self._busy_workers.discard(run.worker.id)
         ended = (up.finished_at if up and up.finished_at else None) or self.clock.now()
         self._busy_s += max(0.0, ended - run.started_at)

@@ -96,6 +96,8 @@ class _Tx:
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._lock.acquire()
+        if self.store._batch_depth:  # inside batch(): the batch's transaction holds this write
+            return self.store._db
         try:
             self.store._db.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -105,9 +107,36 @@ class _Tx:
 
     def __exit__(self, et, ev, tb) -> bool:
         try:
-            self.store._db.execute("COMMIT" if et is None else "ROLLBACK")
+            if not self.store._batch_depth:
+                self.store._db.execute("COMMIT" if et is None else "ROLLBACK")
         finally:
             self.store._lock.release()
+        return False
+
+
+class _Batch:
+    """Many writes in one transaction (simulations: thousands of experiments a second, no other reader)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: "SQLiteStore"):
+        self.store = store
+
+    def __enter__(self) -> None:
+        st = self.store
+        st._lock.acquire()
+        if st._batch_depth == 0:
+            st._db.execute("BEGIN IMMEDIATE")
+        st._batch_depth += 1
+
+    def __exit__(self, et, ev, tb) -> bool:
+        st = self.store
+        try:
+            st._batch_depth -= 1
+            if st._batch_depth == 0:
+                st._db.execute("COMMIT")  # what was written stays written, even when the loop raised
+        finally:
+            st._lock.release()
         return False
 
 
@@ -124,9 +153,14 @@ class SQLiteStore(Store):
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._lock = threading.RLock()
+            self._batch_depth = 0
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the results database {self.path}: {e}") from None
+
+    def batch(self) -> _Batch:
+        """A context in which every write shares one transaction (committed at the end)."""
+        return _Batch(self)
 
     # -- plumbing -------------------------------------------------------------------------------------------------
     def _tx(self) -> "_Tx":
