@@ -125,6 +125,7 @@ class Scheduler:
         self._curves: dict[str, list[tuple[float, float]]] = {}
         self._cancelling: set[str] = set()
         self._dropped: set[str] = set()
+        self._due_at: float | None = None  # virtual clock: the event time the loop last waited for
         self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
 
     # == view for keep rules / strategies ==========================================================================
@@ -477,9 +478,8 @@ class Scheduler:
     def _collect(self) -> None:
         if not self._running:
             return
-        nxt = self.executor.next_event_at()
-        if nxt is not None and nxt > self.clock.now():
-            return  # on the virtual clock nothing ends before the executor's next event
+        if self._due_at is not None and self.clock.now() < self._due_at:
+            return  # on the virtual clock nothing happens before the event the loop last waited for
         if self._handles is None:
             self._handles = [r.handle for r in self._running.values()]
         updates = self.executor.poll(self._handles)
@@ -671,6 +671,8 @@ class Scheduler:
                 if nxt is None and virtual:
                     reason = "the strategy proposed nothing and nothing is running"
                     break  # on a virtual clock nothing else can ever happen
+                if virtual:
+                    self._due_at = nxt
                 self.clock.wait(nxt)
         except KeyboardInterrupt:
             interrupted = True
