@@ -112,3 +112,13 @@ def test_256_workers_for_8_hours_under_60_seconds(ar):
     rec = run_one(ar, "256xH100", "random", 0, hours=8.0, surface_name="autoresearch")
     assert rec["wall_s"] < 60
     assert rec["utilization"] >= 0.95
+
+
+def test_auto_on_a_large_simulated_fleet_runs_to_the_end():
+    """Regression: validation runs of the variant that became the incumbent, on a wide fleet (a KeyError once)."""
+    from fleetlab.bench.harness import run_one
+
+    rec = run_one("autoresearch", "128xH100", "auto", 0, 1.0, surface_name="autoresearch")
+    assert rec["stop_reason"].startswith("--max-hours")
+    assert rec["utilization"] >= 0.95
+    assert rec["best_metric"] < 1.003

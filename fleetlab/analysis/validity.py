@@ -239,7 +239,7 @@ class ValidityKeepRule(KeepRule):
         if exp.role in UNBIASED_ROLES:
             self.meas.add(key + VAL if exp.role == "validate" else key, hw, x)
             if self._waiting and inc is not None and key == (inc.content_hash or inc.id):
-                g = self.meas.groups[key]
+                g = self.meas.groups.get(key, {})  # a validation run of the incumbent files under key + VAL
                 # comparable now, or the incumbent has its share on every class and still nothing: decide anyway
                 self._retry_waiting(view, force=all(g.get(c) is not None and g[c].n >= 2 for c in self._order or g))
         elif key not in self._screen:
