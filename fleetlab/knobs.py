@@ -57,6 +57,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.errors import ConfigError, ProposalRejected
+from fleetlab.safe_expr import CONSTRAINT_FUNCS as _CONSTRAINT_FUNCS
+from fleetlab.safe_expr import EVAL_GLOBALS as _EVAL_GLOBALS
+from fleetlab.safe_expr import compile_safe as _compile_safe
+from fleetlab.safe_expr import describe as _describe
+from fleetlab.safe_expr import is_number as _is_number
+from fleetlab.safe_expr import names_in as _names_in
 
 __all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS"]
 
@@ -68,7 +74,6 @@ _NOT_SEARCHED = re.compile(r"(^|_)(SEED|TIME_BUDGET|EVAL)(_|$)")
 _BETA_NAME = re.compile(r"BETA|MOMENTUM")
 _FRACTION_NAME = re.compile(r"RATIO|FRAC|PROB|DROPOUT")
 _OVERRIDE_KEYS = ("low", "high", "log", "choices", "fixed")
-_CONSTRAINT_FUNCS = {"abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float}
 _SAMPLE_TRIES = 2000
 
 
@@ -464,13 +469,6 @@ def _literal(node: ast.expr) -> Any:
     return _MISSING
 
 
-def _is_number(v: Any) -> bool:
-    """A real number that is not a bool (numpy scalars included: optimizers hand them out)."""
-    if isinstance(v, (int, float)):
-        return not isinstance(v, bool)
-    return isinstance(v, numbers.Real) and not isinstance(v, str)
-
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -779,84 +777,6 @@ def _override(knob: Knob, spec: dict, key: str) -> Knob:
     if knob.kind == "int":
         return Knob(knob.name, value, "int", low=int(math.ceil(low)), high=int(math.floor(high)), log=log)
     return Knob(knob.name, value, "float", low=float(low), high=float(high), log=log)
-
-
-# ---------------------------------------------------------------------------
-# Safe expressions (constraints and derived constants)
-
-_SAFE_NODES = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Name, ast.Load,
-               ast.Constant, ast.Subscript, ast.Tuple, ast.List, ast.Call, ast.operator, ast.unaryop, ast.cmpop,
-               ast.boolop, ast.Slice)
-
-
-def _compile_safe(expr: str, known: set[str] | None, key: str | None):
-    """Compile `expr` for eval with no builtins; only arithmetic, comparisons, names in `known` and the few safe
-    functions. With key None, failures raise ValueError (internal use) instead of ConfigError."""
-
-    def fail(why: str):
-        if key is None:
-            raise ValueError(why)
-        raise ConfigError(f"knobs constraint {expr!r} {why}", key=key)
-
-    if not isinstance(expr, str):
-        fail("is not a string")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as e:
-        fail(f"is not a valid Python expression ({e.msg})")
-    for node in ast.walk(tree):
-        if not isinstance(node, _SAFE_NODES):
-            fail(f"uses {type(node).__name__}, which constraints may not (only arithmetic, comparisons and names)")
-        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _CONSTRAINT_FUNCS):
-            fail(f"calls something other than {', '.join(_CONSTRAINT_FUNCS)}")
-        if isinstance(node, ast.Name) and known is not None and node.id not in known | _CONSTRAINT_FUNCS.keys():
-            fail(f"names {node.id}, which is neither a knob nor an UPPERCASE constant of train.py")
-    tree = ast.fix_missing_locations(_Guard().visit(tree))
-    return compile(tree, "<constraint>", "eval")
-
-
-def _pow(a, b):
-    if _is_number(b) and abs(b) > 1024:
-        raise ValueError(f"exponent {b} is too large")
-    return a ** b
-
-
-def _lshift(a, b):
-    if _is_number(b) and b > 1024:
-        raise ValueError(f"shift {b} is too large")
-    return a << b
-
-
-def _mul(a, b):
-    for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, (str, tuple, list)) and _is_number(n) and n * max(len(seq), 1) > 10**6:
-            raise ValueError("repetition is too large")
-    return a * b
-
-
-_GUARDS = {ast.Pow: "_pow", ast.LShift: "_lshift", ast.Mult: "_mul"}
-_EVAL_GLOBALS = {"__builtins__": {**_CONSTRAINT_FUNCS, "_pow": _pow, "_lshift": _lshift, "_mul": _mul}}
-
-
-class _Guard(ast.NodeTransformer):
-    """Routes `**`, `<<` and `*` through size checks, so no expression can hang or exhaust the orchestrator."""
-
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        self.generic_visit(node)
-        name = _GUARDS.get(type(node.op))
-        if name is None:
-            return node
-        return ast.copy_location(ast.Call(func=ast.Name(name, ast.Load()), args=[node.left, node.right], keywords=[]),
-                                 node)
-
-
-@functools.lru_cache(maxsize=256)
-def _names_in(expr: str) -> list[str]:
-    return list(dict.fromkeys(n.id for n in ast.walk(ast.parse(expr.strip(), mode="eval")) if isinstance(n, ast.Name)))
-
-
-def _describe(e: Exception) -> str:
-    return str(e) or type(e).__name__
 
 
 def _split_element(name: str) -> tuple[str, int | None]:
