@@ -230,29 +230,27 @@ class SQLiteStore(Store):
             raise StoreError(f"no experiment {exp_id!r} in this project")
         return self._row(rows[0])
 
+    @staticmethod
+    def _where(tag: str | None, states: Iterable[State] | None, after_num: int = 0) -> tuple[str, list[Any]]:
+        sql, args = " WHERE num > ?", [after_num]
+        if tag is not None:
+            sql += " AND tag = ?"
+            args.append(tag)
+        if states is not None:
+            values = [s.value for s in states]
+            sql += f" AND state IN ({', '.join('?' * len(values))})"
+            args.extend(values)
+        return sql, args
+
     def experiments(self, tag: str | None = None, states: Iterable[State] | None = None,
                     after_num: int = 0) -> list[Experiment]:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM experiments WHERE num > ?"
-        args: list[Any] = [after_num]
-        if tag is not None:
-            sql += " AND tag = ?"
-            args.append(tag)
-        if states is not None:
-            states = [s.value for s in states]
-            sql += f" AND state IN ({', '.join('?' * len(states))})"
-            args.extend(states)
-        return [self._row(r) for r in self._query(sql + " ORDER BY num", tuple(args))]
+        where, args = self._where(tag, states, after_num)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM experiments{where} ORDER BY num"
+        return [self._row(r) for r in self._query(sql, tuple(args))]
 
     def count(self, tag: str | None = None, states: Iterable[State] | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM experiments WHERE 1=1", []
-        if tag is not None:
-            sql += " AND tag = ?"
-            args.append(tag)
-        if states is not None:
-            states = [s.value for s in states]
-            sql += f" AND state IN ({', '.join('?' * len(states))})"
-            args.extend(states)
-        return self._query(sql, tuple(args))[0][0]
+        where, args = self._where(tag, states)
+        return self._query("SELECT COUNT(*) FROM experiments" + where, tuple(args))[0][0]
 
     def find_hash(self, content_hash: str) -> list[str]:
         return [r[0] for r in self._query("SELECT id FROM experiments WHERE content_hash = ? ORDER BY num",
