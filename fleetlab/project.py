@@ -61,7 +61,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "baseline_replicates": (_INT, 3),
         "k_sigma": (_FLOAT, 1.0),
         "replicates": (_INT, 3),
-        "alpha": (_FLOAT, 0.1),
+        "alpha": (_FLOAT, 0.05),
         "min_effect": (_FLOAT, 0.0),
         "default_sigma": (_FLOAT, 0.0),
     },

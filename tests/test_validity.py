@@ -153,7 +153,7 @@ def test_false_keeps_at_most_5_percent_and_true_3sigma_kept_90_percent(planted_r
                 kept_trues += hist[-1].status == "keep"
     assert nulls > 1000 and trues >= 100
     assert kept_nulls / nulls <= 0.05, (kept_nulls, nulls)
-    # the targets (k=1σ, R=3, α=0.1; benchmarks/validity.py has the figures)
+    # the targets at the defaults (k=1σ, R=3, α=0.05; benchmarks/validity.py has the figures)
     assert kept_trues / trues >= 0.90, (kept_trues, trues)
 
 
@@ -171,7 +171,7 @@ def test_tiers_incumbent_replicates_and_decision_numbers(planted_runs):
     keep = next(d for d in verdicts if d.status == "keep")
     for key in ("mean", "n", "inc_mean", "inc_n", "t", "p", "sigma", "gain"):
         assert key in keep.numbers
-    assert keep.numbers["p"] < rule.alpha == 0.1 and keep.numbers["n"] == 3
+    assert keep.numbers["p"] < rule.alpha == 0.05 and keep.numbers["n"] == 3
     assert any("screening false positive" in d.reason for d in verdicts)
     baseline = [e for e in exps if e.role == "baseline"]
     assert len(baseline) == 3 and len({e.seed for e in baseline}) == 3

@@ -87,7 +87,7 @@ class ValidityKeepRule(KeepRule):
     name = "validity"
     MIN_OFFSET_WEIGHT = 4.0  # Σ 1/(1/n_a + 1/n_b) behind a hardware effect before runs of other classes are pooled
 
-    def __init__(self, k_sigma: float = 1.0, replicates: int = 3, baseline_replicates: int = 3, alpha: float = 0.1,
+    def __init__(self, k_sigma: float = 1.0, replicates: int = 3, baseline_replicates: int = 3, alpha: float = 0.05,
                  min_effect: float = 0.0, default_sigma: float = 0.0, tiers: dict[str, str] | None = None,
                  flag_lines: int = 20, combine: bool = True, class_replicates: int | None = None):
         self.k_sigma = float(k_sigma)
