@@ -352,11 +352,11 @@ class LocalExecutor(Executor):
         run.cancelled = True
         if not run.wrapper_alive():
             return
-        _killpg(self._pgid(handle), signal.SIGKILL)
-        try:
+        try:  # the wrapper first, so it knows it was cancelled before it sees its command die
             os.kill(run.wrapper_pid, signal.SIGTERM)  # it kills the group too (also before it could tell us the pgid)
         except ProcessLookupError:
             return
+        _killpg(self._pgid(handle), signal.SIGKILL)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline and not os.path.exists(run.exit_path) and run.wrapper_alive():
             time.sleep(0.005)
