@@ -110,21 +110,20 @@ class Scheduler:
         self._request: Future | None = None
         self._request_ready_at: float | None = None
         self._request_result: list[Proposal] | None = None
-        self._requested_n = 0
         self._pool: ThreadPoolExecutor | None = None
         self._session_count = 0
         self._busy_s = 0.0
         self._available_base = 0.0
         self._segment_start = 0.0
-        self._worker_start: dict[str, float] = {}
         self._tsv_dirty = False
         self._tsv_written_at = 0.0
         self._stop_reason: str | None = None
         self._draining = False
         self._strategy_done = False
         self._curves: dict[str, list[tuple[float, float]]] = {}
-        self._cancelling: set[str] = set()
         self._dropped: set[str] = set()
+        self._bk: dict[str, Any] | None = None  # knob values of the project's own files
+        self._space: Any = None  # the knob search space strategies sample (set_space)
         self._due_at: float | None = None  # virtual clock: the event time the loop last waited for
         self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
 
@@ -247,7 +246,7 @@ class Scheduler:
 
     def _context(self) -> Context:
         free = len(self._workers) - len(self._busy_workers)
-        space = getattr(self, "_space", None)
+        space = self._space
         return Context(goal=self.goal, metric=self.project.metric, incumbent=self._incumbent,
                        baseline_knobs=self._baseline_knobs(), space=space, experiments=self._order,
                        workers=self._workers, free_workers=free, now=self.clock.now(),
@@ -255,7 +254,7 @@ class Scheduler:
                               "store": self.store})
 
     def _baseline_knobs(self) -> dict[str, Any]:
-        if not hasattr(self, "_bk"):
+        if self._bk is None:
             self._bk = self.materializer.read_knobs(self.project.read_editable())
         return self._bk
 
@@ -342,7 +341,6 @@ class Scheduler:
         if n <= 0:
             return
         ctx = self._context()
-        self._requested_n = n
         if getattr(self.strategy, "threaded", False) and not getattr(self.clock, "virtual", False):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strategy")
@@ -709,7 +707,6 @@ class Scheduler:
 
     def _stop(self, reason: str, interrupted: bool) -> None:
         self._stop_reason = reason
-        self._cancelling = set(self._running)
         for run in list(self._running.values()):
             try:
                 self.executor.cancel(run.handle)
