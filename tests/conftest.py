@@ -11,6 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Runs say `python train.py`: in CI the venv is not activated, so put this interpreter first on PATH for everything the
+# tests start (subprocess fleets, local Ray nodes), as an activated venv would.
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+
 
 @pytest.fixture
 def mlp_project(tmp_path: Path) -> Path:

@@ -386,6 +386,10 @@ class LocalExecutor(Executor):
 
     def _env(self, extra: dict[str, str], gpu: str | None) -> dict[str, str]:
         env = dict(os.environ)
+        # `python` in a run's command means the interpreter fleetlab runs on (its venv, activated or not)
+        bindir = os.path.dirname(sys.executable)
+        if bindir and env.get("PATH", "").split(os.pathsep)[0] != bindir:
+            env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
         env.update({var: str(self.threads_per_slot) for var in THREAD_VARS})
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra)
