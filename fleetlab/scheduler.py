@@ -142,13 +142,22 @@ class Scheduler:
     def workers_now(self) -> list[Worker]:
         return self._workers
 
+    def _fleet_facts(self) -> tuple[float, frozenset[str]]:
+        """Dollars per hour and hardware classes of the fleet, cached until the worker list is replaced."""
+        key = (id(self._workers), len(self._workers))
+        if getattr(self, "_fleet_key", None) != key:
+            self._fleet_key = key
+            self._fleet_cache = (sum(w.price_per_hour for w in self._workers),
+                                 frozenset(w.hardware for w in self._workers))
+        return self._fleet_cache
+
     @property
     def _price_per_hour(self) -> float:
-        """Dollars per hour of the whole fleet (cached; the fleet changes only when a worker is dropped)."""
-        key = len(self._workers)
-        if getattr(self, "_price_key", None) != key:
-            self._price_key, self._price_sum = key, sum(w.price_per_hour for w in self._workers)
-        return self._price_sum
+        return self._fleet_facts()[0]
+
+    @property
+    def _hardware_classes(self) -> frozenset[str]:
+        return self._fleet_facts()[1]
 
     # == start-up and resume ========================================================================================
     def _load(self) -> None:
@@ -327,9 +336,7 @@ class Scheduler:
         if not any(e.want_hardware or e.tier for e in self._queue):
             return len(self._queue)
         free = self._free_workers()
-        hw_exists = {w.hardware for w in self._workers}
-        return sum(1 for e in self._queue if (e.want_hardware and e.want_hardware not in hw_exists)
-                   or any(self._match(e, w) for w in free))
+        return sum(1 for e in self._queue if any(self._match(e, w) for w in free))
 
     def _request_proposals(self) -> None:
         if self._request is not None or self._request_ready_at is not None:
@@ -381,8 +388,11 @@ class Scheduler:
         return [w for w in self._workers if w.id not in self._busy_workers]
 
     def _match(self, exp: Experiment, worker: Worker) -> bool:
-        if exp.want_hardware and worker.hardware != exp.want_hardware:
-            return False
+        if exp.want_hardware:
+            if exp.want_hardware not in self._hardware_classes:
+                return True  # the asked-for hardware is absent from this fleet: run it anywhere
+            if worker.hardware != exp.want_hardware:
+                return False
         if exp.tier and worker.tier and worker.tier != exp.tier:
             return False
         if exp.tier and not worker.tier:
@@ -398,14 +408,10 @@ class Scheduler:
         if not free:
             return
         self._queue.sort(key=lambda e: (_PRIORITY.get(e.role, 3), e.number))
-        hw_exists = {w.hardware for w in self._workers}
         for exp in list(self._queue):
             if not free:
                 break
-            if exp.want_hardware and exp.want_hardware not in hw_exists:
-                worker = free[0]  # the asked-for hardware is absent from this fleet: run it anywhere
-            else:
-                worker = next((w for w in free if self._match(exp, w)), None)
+            worker = next((w for w in free if self._match(exp, w)), None)
             if worker is None:
                 continue
             self._queue.remove(exp)
