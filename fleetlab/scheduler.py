@@ -331,12 +331,17 @@ class Scheduler:
         return max(0, min(want, left))
 
     def _queued_for_free(self) -> int:
-        """Queued experiments a free worker could take now. Runs waiting for one tier or hardware class (validations
-        for the fastest GPUs) must not starve the other workers of proposals."""
+        """Queued experiments that count against the proposals asked for: those any worker could take, plus those a
+        worker free right now could take. Runs waiting for one tier or hardware class (validations for the fastest
+        GPUs) must not starve the other workers of proposals, and must not hide a growing queue of runs that can go
+        anywhere either (with every worker busy, counting only what a free worker could take counted nothing, and
+        each request queued `lookahead` more explorations: hundreds of stale proposals after an hour)."""
         if not any(e.want_hardware or e.tier for e in self._queue):
             return len(self._queue)
+        kinds = list({(w.hardware, w.tier): w for w in self._workers}.values())
         free = self._free_workers()
-        return sum(1 for e in self._queue if any(self._match(e, w) for w in free))
+        return sum(1 for e in self._queue
+                   if all(self._match(e, w) for w in kinds) or any(self._match(e, w) for w in free))
 
     def _request_proposals(self) -> None:
         if self._request is not None or self._request_ready_at is not None:

@@ -122,3 +122,40 @@ def test_auto_on_a_large_simulated_fleet_runs_to_the_end():
     assert rec["stop_reason"].startswith("--max-hours")
     assert rec["utilization"] >= 0.95
     assert rec["best_metric"] < 1.003
+
+
+def test_queue_stays_short_while_validations_wait_for_the_fast_class(tmp_path):
+    """Regression: with validation runs queued for the H200 tier and every worker busy, each request used to queue
+    `lookahead` more explorations (after an hour, hundreds of stale proposals ran long after the incumbent moved)."""
+    from fleetlab.api import knob_space, make_keep_rule
+    from fleetlab.clock import VirtualClock
+    from fleetlab.fleet.sim import SimExecutor
+    from fleetlab.project import Project
+    from fleetlab.scheduler import Limits, Scheduler
+    from fleetlab.store.sqlite import SQLiteStore
+    from fleetlab.strategies import make_strategy
+
+    surface = AutoresearchSurface()
+    project = Project.load(write_project(surface, tmp_path / "p"))
+    clock = VirtualClock()
+    executor = SimExecutor("sim:6xH100+2xH200", surface, clock, setup_s=60.0)
+    strategy = make_strategy("auto", seed=0, project=project, settings=project.settings)
+    longest: list[int] = []
+    box: list[Scheduler] = []
+
+    def watch(kind: str, **info) -> None:
+        if box:
+            q = box[0]._queue
+            longest.append(sum(1 for e in q if not (e.want_hardware or e.tier)))
+
+    store = SQLiteStore(":memory:")
+    sched = Scheduler(project, store, executor, strategy, clock, tag="t", limits=Limits(max_hours=2.0),
+                      keep_rule=make_keep_rule(project, "auto"), on_event=watch, git=False, export_tsv=False, seed=0)
+    box.append(sched)
+    sched.set_space(knob_space(project))
+    sched.run()
+    validations = [e for e in sched.experiments() if e.role == "validate"]
+    store.close()
+    assert validations and any(e.want_hardware or e.tier for e in validations)  # the case this test is about
+    lookahead = max(sched.lookahead, strategy.lookahead_hint)
+    assert max(longest) <= 8 + lookahead
