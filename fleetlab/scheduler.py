@@ -142,13 +142,17 @@ class Scheduler:
     def workers_now(self) -> list[Worker]:
         return self._workers
 
-    def _fleet_facts(self) -> tuple[float, frozenset[str]]:
-        """Dollars per hour and hardware classes of the fleet, cached until the worker list is replaced."""
+    def _fleet_facts(self) -> tuple[float, frozenset[str], dict[str, int]]:
+        """Dollars per hour, hardware classes and each class's speed rank (0 = slowest) of the fleet, cached until the
+        worker list is replaced."""
         key = (id(self._workers), len(self._workers))
         if getattr(self, "_fleet_key", None) != key:
+            from fleetlab.analysis.hardware import rank_classes
+
             self._fleet_key = key
             self._fleet_cache = (sum(w.price_per_hour for w in self._workers),
-                                 frozenset(w.hardware for w in self._workers))
+                                 frozenset(w.hardware for w in self._workers),
+                                 {hw: i for i, hw in enumerate(rank_classes(self._workers))})
         return self._fleet_cache
 
     @property
@@ -416,9 +420,14 @@ class Scheduler:
         for exp in list(self._queue):
             if not free:
                 break
-            worker = next((w for w in free if self._match(exp, w)), None)
-            if worker is None:
+            fits = [w for w in free if self._match(exp, w)]
+            if not fits:
                 continue
+            # confirmations go to the fastest class free, screening to the slowest: a validation run that a screen
+            # worker may also take (validations backed up) still prefers the validate class when both are free
+            rank = self._fleet_facts()[2]
+            pick = max if exp.tier == "validate" else min
+            worker = pick(fits, key=lambda w: rank.get(w.hardware, 0)) if len(rank) > 1 else fits[0]
             self._queue.remove(exp)
             free.remove(worker)  # started, or failed to start (re-queued): either way not this pass again
             self._start_run(exp, worker)

@@ -163,8 +163,14 @@ def test_first_wave_is_a_one_factor_at_a_time_screen(space):
         (name, v), = p.knobs.items()
         per.setdefault(name, []).append(v)
     assert set(per) == {n for n, k in space.knobs.items() if k.choices is None or len(k.choices) > 1}
-    for name, vals in per.items():
-        assert 1 <= len(vals) <= 2
+    for name, vals in per.items():  # ranges: a step each side; choice knobs: the whole axis in the first screen
+        k = space.knobs[name]
+        assert 1 <= len(vals) <= 2 if k.choices is None else sorted(map(str, vals)) == sorted(
+            str(c) for c in k.choices if c != k.value)
+    # later screens step to the neighbours of an ordered choice only
+    fx2 = FactorialStrategy(seed=1, fill=False, sweep=0)
+    for p in fx2.propose(loop.context(), 100):
+        assert len([q for q in fx2.wave.levels.get(next(iter(p.knobs)), [])]) <= 2
 
 
 def test_factorial_waves_rank_factors_then_recentre_on_the_incumbent(space):

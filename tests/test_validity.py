@@ -162,8 +162,8 @@ def test_tiers_incumbent_replicates_and_decision_numbers(planted_runs):
     assert rule.tier_of(sched.workers_now[-1]) == "validate" and rule.validate_class() == "H200"
     exps = sched.experiments()
     validations = [e for e in exps if e.role == "validate" and e.hardware]
-    # validations run on the validate class, and spill onto the screen class only when they back up
-    assert sum(e.hardware == "H200" for e in validations) >= len(validations) / 3
+    # validations prefer the validate class (2 of 8 workers) and spill onto the screen class when they back up
+    assert sum(e.hardware == "H200" for e in validations) > len(validations) * 2 / 8
     reps = [e for e in exps if e.role == "replicate"]
     assert {e.want_hardware for e in reps} == {"H100", "H200"}  # spread across classes
     verdicts = [sched.store.decision_history(e.id)[-1] for e in exps if e.role == "explore" and
@@ -293,3 +293,22 @@ def test_welch_one_sided_borrows_the_pooled_sigma():
     assert dof2 > 50 and p2 < p
     assert welch_one_sided(b, a, "minimize")[1] > 0.99
     assert welch_one_sided(a, b, "maximize")[1] > 0.99
+
+
+def test_one_keep_per_incumbent_in_a_batch_of_verdicts():
+    """Candidates validated against the same incumbent in one batch: the largest validated gain is kept, whatever
+    the order the verdicts arrive in; the others are discarded as outranked (the last one used to win)."""
+    from fleetlab.experiment import Decision
+
+    for order in (("small", "large"), ("large", "small")):
+        rule = ValidityKeepRule()
+        gains = {"small": 0.001, "large": 0.003}
+        for cand in order:
+            d = Decision("keep", f"validated {cand}", {"inc": "exp-0001", "gain": gains[cand]})
+            rule._verdicts.append((cand, rule._one_keep_per_incumbent(cand, d)))
+        verdicts = dict(rule.pop_decisions())
+        assert verdicts["large"].status == "keep"
+        assert verdicts["small"].status == "discard" and verdicts["small"].numbers["outranked_by"] == "large"
+    rule = ValidityKeepRule()  # against different incumbents both stand
+    rule._verdicts.append(("a", Decision("keep", "", {"inc": "exp-0001", "gain": 0.003})))
+    assert rule._one_keep_per_incumbent("b", Decision("keep", "", {"inc": "exp-0002", "gain": 0.001})).status == "keep"

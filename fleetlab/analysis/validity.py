@@ -330,7 +330,31 @@ class ValidityKeepRule(KeepRule):
         if not force and (not how.startswith(("same class", "hardware-normalised")) or "validation runs" in how):
             self._waiting.append(p)
             return
+        if d.status == "keep":
+            d = self._one_keep_per_incumbent(p.cand, d)
         self._verdicts.append((p.cand, d))
+
+    def _one_keep_per_incumbent(self, cand: str, d: Decision) -> Decision:
+        """Several candidates validated against the same incumbent in one batch (their verdicts wait for the same
+        incumbent replicates) are judged before the scheduler applies any of them: only the one with the largest
+        validated gain is kept. Without this the last verdict applied won, whatever its gain (the first screen of
+        autoresearch kept ASPECT_RATIO 112 over 96 that way). The other stays a validated improvement of its
+        parent, so it is still merged with the winner."""
+        inc = d.numbers.get("inc")
+        for i, (other, od) in enumerate(self._verdicts):
+            if od.status != "keep" or od.numbers.get("inc") != inc:
+                continue
+            if float(d.numbers.get("gain", 0.0)) > float(od.numbers.get("gain", 0.0)):
+                self._verdicts[i] = (other, self._outranked(od, cand, d))
+                return d
+            return self._outranked(d, other, od)
+        return d
+
+    @staticmethod
+    def _outranked(d: Decision, winner: str, wd: Decision) -> Decision:
+        nums = {**d.numbers, "outranked_by": winner}
+        return Decision("discard", f"{d.reason}; but {winner}, validated in the same batch, gained more "
+                                   f"({float(wd.numbers.get('gain', 0.0)):.4g}) and is kept instead", nums)
 
     def _retry_waiting(self, view: View, force: bool = False) -> None:
         waiting, self._waiting = self._waiting, []

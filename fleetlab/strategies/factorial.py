@@ -4,7 +4,10 @@ The waves alternate between two designs:
 
 1. **Screen (one factor at a time).** Every knob is run at a lower and a higher level than the incumbent, all other
    knobs held at the incumbent's values: `step` of its range on each side (in log space for log ranges), the
-   neighbouring values of an ordered choice, up to two other values of an unordered one. A level outside the range
+   neighbouring values of an ordered choice, up to two other values of an unordered one. The first screen sweeps
+   every value of a choice knob with at most `sweep` values (the original's agent swept ASPECT_RATIO 48...112 in one
+   wave: a non-monotonic axis whose best value is two steps away is found at once, not after two keeps that may
+   lead elsewhere). A level outside the range
    is dropped; a level that breaks a constraint is retried at half the step, then dropped. The screen says which
    factors matter and in which direction.
 2. **Factorial over the top factors.** The factors whose better screen level beat the centre, best first, form a
@@ -76,10 +79,13 @@ def fractional_factorial(k: int, runs: int) -> list[tuple[int, ...]]:
     return out
 
 
-def ofat_levels(space, name: str, centre: Any, step: float, rng: random.Random) -> list[Any]:
-    """A lower and a higher level of one knob around `centre` (fewer at a range's edge; other values for categories)."""
+def ofat_levels(space, name: str, centre: Any, step: float, rng: random.Random, sweep: int = 0) -> list[Any]:
+    """A lower and a higher level of one knob around `centre` (fewer at a range's edge; other values for categories).
+    `sweep`: a choice knob with at most this many values has every other value screened (the whole axis at once)."""
     knob = space.knobs[name]
     if knob.choices is not None:
+        if len(knob.choices) <= sweep:
+            return [c for c in knob.choices if c != centre]
         numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in knob.choices)
         if numeric:
             ordered = sorted(knob.choices)
@@ -126,8 +132,9 @@ class FactorialStrategy(Strategy):
     name = "factorial"
 
     def __init__(self, seed: int = 0, step: float = 0.25, min_step: float = 1 / 64, fill_scale: float = 0.3,
-                 fill: bool = True):
+                 fill: bool = True, sweep: int = 8):
         self.rng = random.Random(seed)
+        self.sweep = sweep
         self.step0, self.min_step, self.fill_scale, self.fill = step, min_step, fill_scale, fill
         self.token = uuid.uuid4().hex[:8]   # tells this instance's proposals from an earlier session's
         self.results = Results()
@@ -293,12 +300,13 @@ class FactorialStrategy(Strategy):
             self.steps = {k: self.step0 for k in self.steps}
 
     def _screen(self, space, centre: dict[str, Any], cscore: float | None) -> _Wave:
+        sweep = self.sweep if self.screens == 0 else 0
         self.screens += 1
         runs, levels = [], {}
         factors = [n for n in space.knobs if self.steps[n] >= self.min_step or space.knobs[n].choices is not None]
         for name in factors:
             got = []
-            for lv in ofat_levels(space, name, centre[name], self.steps[name], self.rng):
+            for lv in ofat_levels(space, name, centre[name], self.steps[name], self.rng, sweep):
                 config = self._valid({**centre, name: lv}, space, name, centre)
                 if config is not None and not self._known(config, space):
                     got.append(config[name])
