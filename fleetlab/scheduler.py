@@ -331,7 +331,13 @@ class Scheduler:
         free = len(self._workers) - len(self._running)
         # a slow strategy (an LLM) may ask to keep more queued: the runs that end while it thinks
         lookahead = max(self.lookahead, int(getattr(self.strategy, "lookahead_hint", 0) or 0))
-        want = free + lookahead - self._queued_for_free()
+        # on a wide fleet runs end every few seconds: ask in batches (one model fit for several proposals, not one
+        # each), with a batch's worth more queued so no worker waits for the batch to fill
+        batch = max(1, len(self._workers) // 32)
+        queued = self._queued_for_free()
+        want = free + lookahead + batch - 1 - queued
+        if want < batch and queued > 0:
+            return 0
         return max(0, min(want, left))
 
     def _queued_for_free(self) -> int:

@@ -124,38 +124,62 @@ def test_auto_on_a_large_simulated_fleet_runs_to_the_end():
     assert rec["best_metric"] < 1.003
 
 
-def test_queue_stays_short_while_validations_wait_for_the_fast_class(tmp_path):
-    """Regression: with validation runs queued for the H200 tier and every worker busy, each request used to queue
-    `lookahead` more explorations (after an hour, hundreds of stale proposals ran long after the incumbent moved)."""
+def _scheduler(tmp_path, fleet: str, strategy, hours: float, on_event=None):
     from fleetlab.api import knob_space, make_keep_rule
     from fleetlab.clock import VirtualClock
     from fleetlab.fleet.sim import SimExecutor
     from fleetlab.project import Project
     from fleetlab.scheduler import Limits, Scheduler
     from fleetlab.store.sqlite import SQLiteStore
-    from fleetlab.strategies import make_strategy
 
     surface = AutoresearchSurface()
     project = Project.load(write_project(surface, tmp_path / "p"))
     clock = VirtualClock()
-    executor = SimExecutor("sim:6xH100+2xH200", surface, clock, setup_s=60.0)
-    strategy = make_strategy("auto", seed=0, project=project, settings=project.settings)
+    executor = SimExecutor(fleet, surface, clock, setup_s=60.0)
+    sched = Scheduler(project, SQLiteStore(":memory:"), executor, strategy, clock, tag="t",
+                      limits=Limits(max_hours=hours), keep_rule=make_keep_rule(project, "auto"), on_event=on_event,
+                      git=False, export_tsv=False, seed=0)
+    sched.set_space(knob_space(project))
+    return sched
+
+
+def test_queue_stays_short_while_validations_wait_for_the_fast_class(tmp_path):
+    """Regression: with validation runs queued for the H200 tier and every worker busy, each request used to queue
+    `lookahead` more explorations (after an hour, hundreds of stale proposals ran long after the incumbent moved)."""
+    from fleetlab.strategies import make_strategy
+
+    strategy = make_strategy("auto", seed=0)
     longest: list[int] = []
-    box: list[Scheduler] = []
+    box: list = []
 
     def watch(kind: str, **info) -> None:
         if box:
-            q = box[0]._queue
-            longest.append(sum(1 for e in q if not (e.want_hardware or e.tier)))
+            longest.append(sum(1 for e in box[0]._queue if not (e.want_hardware or e.tier)))
 
-    store = SQLiteStore(":memory:")
-    sched = Scheduler(project, store, executor, strategy, clock, tag="t", limits=Limits(max_hours=2.0),
-                      keep_rule=make_keep_rule(project, "auto"), on_event=watch, git=False, export_tsv=False, seed=0)
+    sched = _scheduler(tmp_path, "sim:6xH100+2xH200", strategy, 2.0, watch)
     box.append(sched)
-    sched.set_space(knob_space(project))
     sched.run()
     validations = [e for e in sched.experiments() if e.role == "validate"]
-    store.close()
     assert validations and any(e.want_hardware or e.tier for e in validations)  # the case this test is about
     lookahead = max(sched.lookahead, strategy.lookahead_hint)
     assert max(longest) <= 8 + lookahead
+
+
+def test_a_wide_fleet_asks_the_strategy_in_batches(tmp_path):
+    """256 workers: runs end every second or so; the strategy is asked for several proposals at a time (one model
+    fit each), and the queue a batch keeps ahead still leaves no worker idle."""
+    from fleetlab.strategies.simple import RandomStrategy
+
+    calls: list[int] = []
+
+    class Counting(RandomStrategy):
+        def propose(self, context, n):
+            calls.append(n)
+            return super().propose(context, n)
+
+    sched = _scheduler(tmp_path, "sim:256xH100", Counting(seed=0), 1.0)
+    summary = sched.run()
+    finished = [e for e in sched.experiments() if e.state.is_final]
+    assert len(finished) > 2000
+    assert len(calls) < len(finished) / 4 and sum(calls) / len(calls) >= 8
+    assert summary.utilization >= 0.95

@@ -218,7 +218,7 @@ class OptunaStrategy(Strategy):
             return []
         self.goal = context.goal
         self._sweep(context)
-        if self._n_trials() > 1.5 * self.history + len(self.pending) or self._dirty >= 10:
+        if self._n_trials() > 1.5 * self.history + len(self.pending) or self._dirty >= max(10, len(self.pending)):
             self._rebuild()
         base = parent_knobs(context)
         out = []
