@@ -108,9 +108,10 @@ def test_bad_bench_input_is_one_sentence(capsys):
 
 
 @pytest.mark.slow
-def test_256_workers_for_8_hours_under_60_seconds(ar):
+def test_256_workers_for_8_hours_keep_the_fleet_busy(ar):
+    """The real time this takes is a benchmark figure (`wall_s` in the record; README), not an assertion."""
     rec = run_one(ar, "256xH100", "random", 0, hours=8.0, surface_name="autoresearch")
-    assert rec["wall_s"] < 60
+    assert rec["experiments"] > 256 * 8 * 3600 / 330 * 0.9
     assert rec["utilization"] >= 0.95
 
 

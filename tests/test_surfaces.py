@@ -135,15 +135,15 @@ def test_declared_optimum_is_exact_and_a_little_beyond_the_published_best(ar):
         assert m is None or m >= ar.optimum - 1e-12
 
 
-def test_evaluate_is_fast(ar):
-    import time
-
-    configs = [{**BASELINE, "MATRIX_LR": 0.02 + i * 1e-5} for i in range(2000)]
-    t = time.perf_counter()
-    for i, c in enumerate(configs):
-        ar.evaluate(c, "H100", i)
-    per_call = (time.perf_counter() - t) / len(configs)
-    assert per_call < 1e-3  # ~50-150 microseconds on a laptop core; generous for loaded CI machines
+def test_evaluate_is_deterministic_per_seed(ar):
+    """The same (config, seed) measures the same everywhere (a resumed or re-run benchmark reproduces itself); another
+    seed draws other noise. How fast `evaluate` is belongs to the benchmarks, not to an assertion here."""
+    configs = [{**BASELINE, "MATRIX_LR": 0.02 + i * 1e-5} for i in range(200)]
+    first = [ar.evaluate(c, "H100", i)["metric"] for i, c in enumerate(configs)]
+    again = [ar.evaluate(dict(c), "H100", i)["metric"] for i, c in enumerate(configs)]
+    other = [ar.evaluate(c, "H100", i + 1)["metric"] for i, c in enumerate(configs)]
+    assert first == again
+    assert sum(a != b for a, b in zip(first, other)) == len(configs)
 
 
 # -- small surfaces and the loader ---------------------------------------------------------------------------------------
