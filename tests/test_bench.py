@@ -184,3 +184,18 @@ def test_a_wide_fleet_asks_the_strategy_in_batches(tmp_path):
     assert len(finished) > 2000
     assert len(calls) < len(finished) / 4 and sum(calls) / len(calls) >= 8
     assert summary.utilization >= 0.95
+
+
+def test_time_to_target_median_counts_seeds_that_never_reached_it():
+    from fleetlab.bench.harness import summarize
+
+    def rec(seed, h):
+        return {"fleet": "16xH100", "strategy": "auto", "seed": seed, "experiments": 10, "experiments_per_hour": 1.0,
+                "utilization": 1.0, "best_metric": 0.98, "hours_to_target": h,
+                "gpu_hours_to_target": None if h is None else 16 * h, "cost_usd": 1.0, "keeps": 1,
+                "false_keep_rate": 0.0, "optimum": 0.97}
+
+    row, = summarize([rec(0, 2.0), rec(1, 3.5), rec(2, None), rec(3, None), rec(4, 6.9)])
+    assert row["hours_to_target"] == 6.9 and row["gpu_hours_to_target"] == 16 * 6.9 and row["reached"] == 3
+    row, = summarize([rec(0, 2.0), rec(1, None), rec(2, None)])
+    assert row["hours_to_target"] is None and row["reached"] == 1  # the reached seed alone would say 2.0

@@ -265,6 +265,16 @@ def _median(values: list[Any]) -> Any:
     return statistics.median(xs)
 
 
+def _median_reached(values: list[Any]) -> Any:
+    """Median over every seed of a time to target, a seed that never reached it counting as infinitely late: None
+    when fewer than half of the seeds reached it (the median of the reached ones alone flatters)."""
+    xs = sorted(math.inf if v is None else v for v in values)
+    if not xs:
+        return None
+    m = statistics.median(xs)
+    return None if math.isinf(m) else m
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "-"
@@ -276,16 +286,19 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Medians over seeds per (fleet, strategy); `reached` counts seeds that hit the target."""
+    """Medians over seeds per (fleet, strategy); `reached` counts seeds that hit the target. Times to the target
+    are medians over every seed, one that never reached it counting as never ('-' when fewer than half did)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["fleet"], r["strategy"]), []).append(r)
     rows = []
     for (fleet, strategy), rs in groups.items():
         row = {"fleet": fleet, "strategy": strategy, "seeds": len(rs)}
-        for k in ("experiments", "experiments_per_hour", "utilization", "best_metric", "hours_to_target",
-                  "gpu_hours_to_target", "cost_usd", "keeps", "false_keep_rate"):
+        for k in ("experiments", "experiments_per_hour", "utilization", "best_metric", "cost_usd", "keeps",
+                  "false_keep_rate"):
             row[k] = _median([r[k] for r in rs])
+        for k in ("hours_to_target", "gpu_hours_to_target"):  # a seed that never reached it counts as never
+            row[k] = _median_reached([r[k] for r in rs])
         row["reached"] = sum(1 for r in rs if r["hours_to_target"] is not None)
         opt = rs[0].get("optimum_on_fleet", rs[0]["optimum"])  # the fleet's fastest class: an H100 fleet's own optimum
         row["gap"] = None if opt is None or row["best_metric"] is None else abs(row["best_metric"] - opt)
