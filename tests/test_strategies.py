@@ -153,7 +153,7 @@ def test_ofat_levels_straddle_the_centre_and_satisfy_the_space(space):
 
 
 def test_first_wave_is_a_one_factor_at_a_time_screen(space):
-    loop = Loop(space, bowl(space))
+    loop = Loop(space, bowl(space), workers=8)
     fx = FactorialStrategy(seed=1, fill=False)
     props = fx.propose(loop.context(), 100)
     assert props and all(p.meta["design"] == "ofat" and p.meta["wave"] == 1 for p in props)
@@ -167,10 +167,11 @@ def test_first_wave_is_a_one_factor_at_a_time_screen(space):
         k = space.knobs[name]
         assert 1 <= len(vals) <= 2 if k.choices is None else sorted(map(str, vals)) == sorted(
             str(c) for c in k.choices if c != k.value)
-    # later screens step to the neighbours of an ordered choice only
-    fx2 = FactorialStrategy(seed=1, fill=False, sweep=0)
-    for p in fx2.propose(loop.context(), 100):
-        assert len([q for q in fx2.wave.levels.get(next(iter(p.knobs)), [])]) <= 2
+    # later screens, and every screen on a small fleet, step to the neighbours of an ordered choice only
+    for fx2, workers in ((FactorialStrategy(seed=1, fill=False, sweep=0), 8), (FactorialStrategy(seed=1, fill=False), 2)):
+        small = Loop(space, bowl(space), workers=workers)
+        props = fx2.propose(small.context(), 100)
+        assert props and all(len(levels) <= 2 for levels in fx2.wave.levels.values())
 
 
 def test_factorial_waves_rank_factors_then_recentre_on_the_incumbent(space):

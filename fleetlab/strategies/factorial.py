@@ -4,10 +4,11 @@ The waves alternate between two designs:
 
 1. **Screen (one factor at a time).** Every knob is run at a lower and a higher level than the incumbent, all other
    knobs held at the incumbent's values: `step` of its range on each side (in log space for log ranges), the
-   neighbouring values of an ordered choice, up to two other values of an unordered one. The first screen sweeps
-   every value of a choice knob with at most `sweep` values (the original's agent swept ASPECT_RATIO 48...112 in one
-   wave: a non-monotonic axis whose best value is two steps away is found at once, not after two keeps that may
-   lead elsewhere). A level outside the range
+   neighbouring values of an ordered choice, up to two other values of an unordered one. On a fleet of at least
+   `sweep_workers` workers the first screen sweeps every value of a choice knob with at most `sweep` values (the
+   original's agent swept ASPECT_RATIO 48...112 in one wave: a non-monotonic axis whose best value is two steps away
+   is found at once, not after two keeps that may lead elsewhere); on a laptop's two slots that wave would take the
+   whole session, so it steps to the neighbours. A level outside the range
    is dropped; a level that breaks a constraint is retried at half the step, then dropped. The screen says which
    factors matter and in which direction.
 2. **Factorial over the top factors.** The factors whose better screen level beat the centre, best first, form a
@@ -132,9 +133,9 @@ class FactorialStrategy(Strategy):
     name = "factorial"
 
     def __init__(self, seed: int = 0, step: float = 0.25, min_step: float = 1 / 64, fill_scale: float = 0.3,
-                 fill: bool = True, sweep: int = 8):
+                 fill: bool = True, sweep: int = 8, sweep_workers: int = 8):
         self.rng = random.Random(seed)
-        self.sweep = sweep
+        self.sweep, self.sweep_workers = sweep, sweep_workers
         self.step0, self.min_step, self.fill_scale, self.fill = step, min_step, fill_scale, fill
         self.token = uuid.uuid4().hex[:8]   # tells this instance's proposals from an earlier session's
         self.results = Results()
@@ -268,7 +269,7 @@ class FactorialStrategy(Strategy):
             wave = self._factorial(space, prev, size)
             if wave is not None:
                 return wave
-        return self._screen(space, centre, cscore)
+        return self._screen(space, centre, cscore, wide=len(context.workers) >= self.sweep_workers)
 
     def _learn(self, prev: _Wave, centre: dict[str, Any], space) -> None:
         """Rank the factors of a finished screen; shrink the steps of factors that found nothing."""
@@ -299,8 +300,8 @@ class FactorialStrategy(Strategy):
         if all(s < self.min_step for s in self.steps.values()):
             self.steps = {k: self.step0 for k in self.steps}
 
-    def _screen(self, space, centre: dict[str, Any], cscore: float | None) -> _Wave:
-        sweep = self.sweep if self.screens == 0 else 0
+    def _screen(self, space, centre: dict[str, Any], cscore: float | None, wide: bool = True) -> _Wave:
+        sweep = self.sweep if self.screens == 0 and wide else 0
         self.screens += 1
         runs, levels = [], {}
         factors = [n for n in space.knobs if self.steps[n] >= self.min_step or space.knobs[n].choices is not None]
