@@ -17,7 +17,7 @@ import threading
 import time as _time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from fleetlab import workspace
 from fleetlab.analysis.keep import KeepRule, SimpleKeepRule
@@ -66,6 +66,15 @@ class Summary:
 
 def _noop(kind: str, **info: Any) -> None:
     pass
+
+
+class _FleetFacts(NamedTuple):
+    """What dispatch and accounting read about the fleet, recomputed only when the worker list is replaced."""
+
+    price_per_hour: float               # dollars per hour of every worker together
+    classes: frozenset[str]             # hardware classes present
+    rank: dict[str, int]                # hardware class -> speed rank, 0 = slowest
+    kinds: list[Worker]                 # one worker per (hardware, tier): what any worker could take
 
 
 class _Running:
@@ -126,6 +135,8 @@ class Scheduler:
         self._space: Any = None  # the knob search space strategies sample (set_space)
         self._due_at: float | None = None  # virtual clock: the event time the loop last waited for
         self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
+        self._fleet_key: tuple[int, int] | None = None  # identity of the worker list _fleet_cache describes
+        self._fleet_cache: _FleetFacts | None = None
 
     # == view for keep rules / strategies ==========================================================================
     def get(self, exp_id: str) -> Experiment:
@@ -142,26 +153,26 @@ class Scheduler:
     def workers_now(self) -> list[Worker]:
         return self._workers
 
-    def _fleet_facts(self) -> tuple[float, frozenset[str], dict[str, int]]:
-        """Dollars per hour, hardware classes and each class's speed rank (0 = slowest) of the fleet, cached until the
-        worker list is replaced."""
+    def _fleet_facts(self) -> _FleetFacts:
+        """The fleet's price, classes, speed ranks and worker kinds, cached until the worker list is replaced."""
         key = (id(self._workers), len(self._workers))
-        if getattr(self, "_fleet_key", None) != key:
+        if self._fleet_key != key or self._fleet_cache is None:
             from fleetlab.analysis.hardware import rank_classes
 
             self._fleet_key = key
-            self._fleet_cache = (sum(w.price_per_hour for w in self._workers),
-                                 frozenset(w.hardware for w in self._workers),
-                                 {hw: i for i, hw in enumerate(rank_classes(self._workers))})
+            self._fleet_cache = _FleetFacts(sum(w.price_per_hour for w in self._workers),
+                                            frozenset(w.hardware for w in self._workers),
+                                            {hw: i for i, hw in enumerate(rank_classes(self._workers))},
+                                            list({(w.hardware, w.tier): w for w in self._workers}.values()))
         return self._fleet_cache
 
     @property
     def _price_per_hour(self) -> float:
-        return self._fleet_facts()[0]
+        return self._fleet_facts().price_per_hour
 
     @property
     def _hardware_classes(self) -> frozenset[str]:
-        return self._fleet_facts()[1]
+        return self._fleet_facts().classes
 
     # == start-up and resume ========================================================================================
     def _load(self) -> None:
@@ -348,7 +359,7 @@ class Scheduler:
         each request queued `lookahead` more explorations: hundreds of stale proposals after an hour)."""
         if not any(e.want_hardware or e.tier for e in self._queue):
             return len(self._queue)
-        kinds = list({(w.hardware, w.tier): w for w in self._workers}.values())
+        kinds = self._fleet_facts().kinds
         free = self._free_workers()
         return sum(1 for e in self._queue
                    if all(self._match(e, w) for w in kinds) or any(self._match(e, w) for w in free))
@@ -423,6 +434,7 @@ class Scheduler:
         if not free:
             return
         self._queue.sort(key=lambda e: (_PRIORITY.get(e.role, 3), e.number))
+        rank = self._fleet_facts().rank
         for exp in list(self._queue):
             if not free:
                 break
@@ -431,7 +443,6 @@ class Scheduler:
                 continue
             # confirmations go to the fastest class free, screening to the slowest: a validation run that a screen
             # worker may also take (validations backed up) still prefers the validate class when both are free
-            rank = self._fleet_facts()[2]
             pick = max if exp.tier == "validate" else min
             worker = pick(fits, key=lambda w: rank.get(w.hardware, 0)) if len(rank) > 1 else fits[0]
             self._queue.remove(exp)

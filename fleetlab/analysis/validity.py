@@ -111,6 +111,7 @@ class ValidityKeepRule(KeepRule):
         self._combined: set[frozenset] = set()
         self._tiers: dict[str, str] = {}
         self._workers_sig: tuple = ()
+        self._workers_key: tuple[int, int] | None = None    # identity of the worker list the fleet shape is from
         self._order: list[str] = []                         # classes slowest -> fastest
         self._off: dict[str, tuple[float, float]] = {}
         self._off_version = -1
@@ -128,7 +129,7 @@ class ValidityKeepRule(KeepRule):
     def _refresh_fleet(self, view: View) -> None:
         workers = getattr(view, "workers_now", None) or []
         key = (id(workers), len(workers))  # the scheduler replaces its worker list whenever the fleet changes
-        if key == getattr(self, "_workers_key", None):
+        if key == self._workers_key:
             return
         self._workers_key = key
         sig = tuple(sorted({(w.hardware, float(getattr(w, "speed", 1.0) or 1.0)) for w in workers}))
