@@ -17,7 +17,7 @@ import threading
 import time as _time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from fleetlab import workspace
 from fleetlab.analysis.keep import KeepRule, SimpleKeepRule
@@ -26,14 +26,11 @@ from fleetlab.collect import classify, log_tail, parse_progress
 from fleetlab.errors import ExecutorError, FleetlabError, SetupFailed
 from fleetlab.experiment import Decision, Experiment, Proposal, State, better
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Worker
+from fleetlab.placement import WorkerPool
 from fleetlab.project import Project
 from fleetlab.proposals import Materializer
 from fleetlab.store.sqlite import SQLiteStore
 from fleetlab.strategies._base import Context, Strategy
-
-# roles dispatched before exploration: they decide what is kept
-_PRIORITY = {"baseline": 0, "replicate": 0, "validate": 1, "combine": 2}  # replicates first: verdicts wait on them
-
 
 @dataclass
 class Limits:
@@ -66,15 +63,6 @@ class Summary:
 
 def _noop(kind: str, **info: Any) -> None:
     pass
-
-
-class _FleetFacts(NamedTuple):
-    """What dispatch and accounting read about the fleet, recomputed only when the worker list is replaced."""
-
-    price_per_hour: float               # dollars per hour of every worker together
-    classes: frozenset[str]             # hardware classes present
-    rank: dict[str, int]                # hardware class -> speed rank, 0 = slowest
-    kinds: list[Worker]                 # one worker per (hardware, tier): what any worker could take
 
 
 class _Running:
@@ -111,8 +99,7 @@ class Scheduler:
         self._index: dict[str, int] = {}
         self._queue: list[Experiment] = []
         self._running: dict[str, _Running] = {}
-        self._workers: list[Worker] = []
-        self._busy_workers: set[str] = set()
+        self.pool = WorkerPool(getattr(self.keep_rule, "tier_of", None))
         self._hashes: dict[str, int] = {}
         self._incumbent: Experiment | None = None
         self._last_num = 0
@@ -130,13 +117,10 @@ class Scheduler:
         self._draining = False
         self._strategy_done = False
         self._curves: dict[str, list[tuple[float, float]]] = {}
-        self._dropped: set[str] = set()
         self._bk: dict[str, Any] | None = None  # knob values of the project's own files
         self._space: Any = None  # the knob search space strategies sample (set_space)
         self._due_at: float | None = None  # virtual clock: the event time the loop last waited for
         self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
-        self._fleet_key: tuple[int, int] | None = None  # identity of the worker list _fleet_cache describes
-        self._fleet_cache: _FleetFacts | None = None
 
     # == view for keep rules / strategies ==========================================================================
     def get(self, exp_id: str) -> Experiment:
@@ -151,28 +135,15 @@ class Scheduler:
 
     @property
     def workers_now(self) -> list[Worker]:
-        return self._workers
+        return self.pool.workers
 
-    def _fleet_facts(self) -> _FleetFacts:
-        """The fleet's price, classes, speed ranks and worker kinds, cached until the worker list is replaced."""
-        key = (id(self._workers), len(self._workers))
-        if self._fleet_key != key or self._fleet_cache is None:
-            from fleetlab.analysis.hardware import rank_classes
-
-            self._fleet_key = key
-            self._fleet_cache = _FleetFacts(sum(w.price_per_hour for w in self._workers),
-                                            frozenset(w.hardware for w in self._workers),
-                                            {hw: i for i, hw in enumerate(rank_classes(self._workers))},
-                                            list({(w.hardware, w.tier): w for w in self._workers}.values()))
-        return self._fleet_cache
+    @property
+    def _workers(self) -> list[Worker]:
+        return self.pool.workers
 
     @property
     def _price_per_hour(self) -> float:
-        return self._fleet_facts().price_per_hour
-
-    @property
-    def _hardware_classes(self) -> frozenset[str]:
-        return self._fleet_facts().classes
+        return self.pool.facts().price_per_hour
 
     # == start-up and resume ========================================================================================
     def _load(self) -> None:
@@ -226,7 +197,7 @@ class Scheduler:
                 ro = (exp.meta.get("readonly_hashes") or {})
                 self._running[exp.id] = _Running(exp, handle, worker, workdir, ro, exp.started_at or now)
                 self._handles = None
-                self._busy_workers.add(worker.id)
+                self.pool.busy.add(worker.id)
                 self.emit("reattached", exp=exp)
             else:
                 self.store.requeue(exp.id, "its run was gone when the orchestrator restarted")
@@ -236,7 +207,7 @@ class Scheduler:
 
     def _start(self) -> None:
         now = self.clock.now()
-        self._workers = list(self.executor.workers())
+        self.pool.workers = list(self.executor.workers())
         if not self._workers:
             raise ExecutorError(f"the {self.executor.name} fleet has no workers")
         self._load()
@@ -269,7 +240,7 @@ class Scheduler:
         return self._context()
 
     def _context(self) -> Context:
-        free = len(self._workers) - len(self._busy_workers)
+        free = len(self._workers) - len(self.pool.busy)
         space = self._space
         return Context(goal=self.goal, metric=self.project.metric, incumbent=self._incumbent,
                        baseline_knobs=self._baseline_knobs(), space=space, experiments=self._order,
@@ -345,24 +316,11 @@ class Scheduler:
         # on a wide fleet runs end every few seconds: ask in batches (one model fit for several proposals, not one
         # each), with a batch's worth more queued so no worker waits for the batch to fill
         batch = max(1, len(self._workers) // 32)
-        queued = self._queued_for_free()
+        queued = self.pool.queued_for_free(self._queue)
         want = free + lookahead + batch - 1 - queued
         if want < batch and queued > 0:
             return 0
         return max(0, min(want, left))
-
-    def _queued_for_free(self) -> int:
-        """Queued experiments that count against the proposals asked for: those any worker could take, plus those a
-        worker free right now could take. Runs waiting for one tier or hardware class (validations for the fastest
-        GPUs) must not starve the other workers of proposals, and must not hide a growing queue of runs that can go
-        anywhere either (with every worker busy, counting only what a free worker could take counted nothing, and
-        each request queued `lookahead` more explorations: hundreds of stale proposals after an hour)."""
-        if not any(e.want_hardware or e.tier for e in self._queue):
-            return len(self._queue)
-        kinds = self._fleet_facts().kinds
-        free = self._free_workers()
-        return sum(1 for e in self._queue
-                   if all(self._match(e, w) for w in kinds) or any(self._match(e, w) for w in free))
 
     def _request_proposals(self) -> None:
         if self._request is not None or self._request_ready_at is not None:
@@ -410,43 +368,8 @@ class Scheduler:
                 self._session_count += 1
                 self.emit("queued", exp=exp)
 
-    def _free_workers(self) -> list[Worker]:
-        return [w for w in self._workers if w.id not in self._busy_workers]
-
-    def _match(self, exp: Experiment, worker: Worker) -> bool:
-        if exp.want_hardware:
-            if exp.want_hardware not in self._hardware_classes:
-                return True  # the asked-for hardware is absent from this fleet: run it anywhere
-            if worker.hardware != exp.want_hardware:
-                return False
-        if exp.tier and worker.tier and worker.tier != exp.tier:
-            return False
-        if exp.tier and not worker.tier:
-            tiers = getattr(self.keep_rule, "tier_of", None)
-            if tiers is not None and tiers(worker) != exp.tier:
-                return False
-        return True
-
     def _dispatch(self) -> None:
-        if not self._queue or len(self._busy_workers) >= len(self._workers):
-            return
-        free = self._free_workers()
-        if not free:
-            return
-        self._queue.sort(key=lambda e: (_PRIORITY.get(e.role, 3), e.number))
-        rank = self._fleet_facts().rank
-        for exp in list(self._queue):
-            if not free:
-                break
-            fits = [w for w in free if self._match(exp, w)]
-            if not fits:
-                continue
-            # confirmations go to the fastest class free, screening to the slowest: a validation run that a screen
-            # worker may also take (validations backed up) still prefers the validate class when both are free
-            pick = max if exp.tier == "validate" else min
-            worker = pick(fits, key=lambda w: rank.get(w.hardware, 0)) if len(rank) > 1 else fits[0]
-            self._queue.remove(exp)
-            free.remove(worker)  # started, or failed to start (re-queued): either way not this pass again
+        for exp, worker in self.pool.place(self._queue):
             self._start_run(exp, worker)
 
     def _start_run(self, exp: Experiment, worker: Worker) -> bool:
@@ -488,23 +411,17 @@ class Scheduler:
         self._remember(exp)
         self._running[exp.id] = _Running(exp, handle, worker, workdir, ro_hashes, now)
         self._handles = None
-        self._busy_workers.add(worker.id)
+        self.pool.busy.add(worker.id)
         self.emit("started_run", exp=exp, worker=worker)
         return True
 
     def _refresh_workers(self) -> None:
         """Re-read the fleet's workers (nodes join and leave, clusters get relaunched on other hardware)."""
-        known = {w.id for w in self._workers}
-        workers = [w for w in self.executor.workers() if w.id in known or w.id not in self._dropped]
-        if [(w.id, w.hardware) for w in workers] != [(w.id, w.hardware) for w in self._workers]:
-            self._workers = workers
-            self._busy_workers &= {w.id for w in workers} | set(r.worker.id for r in self._running.values())
-            self.emit("fleet_changed", workers=workers)
+        if self.pool.refresh(self.executor.workers(), {r.worker.id for r in self._running.values()}):
+            self.emit("fleet_changed", workers=self._workers)
 
     def _drop_worker(self, worker: Worker, reason: str) -> None:
-        self._dropped.add(worker.id)
-        self._workers = [w for w in self._workers if w.id != worker.id]
-        self._busy_workers.discard(worker.id)
+        self.pool.drop(worker)
         self.emit("worker_removed", worker=worker, reason=reason)
         if not self._workers:
             self._stop_reason = f"no workers left: {reason}"
@@ -558,7 +475,7 @@ class Scheduler:
         exp = run.exp
         del self._running[exp.id]
         self._handles = None
-        self._busy_workers.discard(run.worker.id)
+        self.pool.busy.discard(run.worker.id)
         ended = up.finished_at if up.finished_at is not None else self.clock.now()
         started = up.started_at if up.started_at is not None else run.started_at
         if up.infra_failure:
@@ -776,7 +693,7 @@ class Scheduler:
     def _cancel_record(self, run: _Running, up) -> None:
         self._running.pop(run.exp.id, None)
         self._handles = None
-        self._busy_workers.discard(run.worker.id)
+        self.pool.busy.discard(run.worker.id)
         ended = (up.finished_at if up and up.finished_at else None) or self.clock.now()
         self._busy_s += max(0.0, ended - run.started_at)
         text = "\n".join(run.lines)
