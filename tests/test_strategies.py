@@ -211,6 +211,20 @@ def test_factorial_fills_free_workers_while_a_wave_finishes(space):
     assert [p.meta["design"] for p in more] == ["fill", "fill"]
 
 
+def test_factorial_ignores_a_failed_run_of_a_variant_it_has_measured(space):
+    """A variant measured once and then run again without a metric (a replicate that crashed, a validation run that
+    hung) must leave its mean alone; the factorial used to record None and then fail summing it."""
+    loop = Loop(space, bowl(space), workers=8)
+    fx = FactorialStrategy(seed=4, fill=False)
+    screen = loop.step(fx, 100)
+    first = next(e for e in loop.exps if e.meta.get("wave") == 1)
+    crashed = first.evolve(id=format_id(len(loop.exps) + 1), state=State.CRASH, metric=None, role="validate")
+    loop.exps.append(crashed)
+    fx.observe(crashed, loop.context())
+    assert fx._measured(first.knobs, space) == pytest.approx(first.metric)
+    assert screen and loop.step(fx, 8)  # the next wave learns from the screen without tripping over the crash
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Optuna, auto, grid, portfolio
 

@@ -156,7 +156,8 @@ class FactorialStrategy(Strategy):
         if w is not None and experiment.meta.get("fx") == self.token and experiment.meta.get("wave") == w.number:
             w.out.pop(experiment.meta.get("run"), None)
         v = self.results.add(experiment)
-        if v is None or not v.metrics or context.space is None:
+        if v is None or context.space is None or experiment.metric is None or not v.metrics \
+                or v.metrics[-1] != experiment.metric:  # only a run that measured (a failed replicate did not)
             return
         key = config_key(experiment.knobs, context.space.knobs)
         vals = self.by_config.setdefault(key, [])
