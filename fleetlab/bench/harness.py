@@ -149,7 +149,12 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
         executor = SimExecutor(fleet_spec, surface, clock, setup_s=setup_s, progress=prune, wake_on_progress=prune)
         strat = make_strategy(strategy, seed=seed, project=project, settings=project.settings,
                               **(strategy_options or {}))
-        keep = make_keep_rule(project, keep_rule or getattr(strat, "keep_rule", "auto"))
+        from fleetlab.bench import oracle
+
+        rule_name = keep_rule or getattr(strat, "keep_rule", "auto")
+        margin = oracle.parse(rule_name)
+        keep = (make_keep_rule(project, rule_name) if margin is None
+                else oracle.TruthKeepRule(executor, project.goal, margin))
         pruner = None
         if prune:
             from fleetlab.analysis.pruning import make_pruner
