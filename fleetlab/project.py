@@ -65,6 +65,15 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "min_effect": (_FLOAT, 0.0),
         "default_sigma": (_FLOAT, 0.0),
     },
+    "prune": {
+        "min_fraction": (_FLOAT, 0.2),
+        "max_fraction": (_FLOAT, 0.9),
+        "min_history": (_INT, 5),
+        "slack": (_FLOAT, 0.5),
+        "margin": (_FLOAT, 0.0),
+        "quantile": (_FLOAT, 1.0),
+        "screen": (_BOOL, False),
+    },
     "stop": {
         "max_experiments": (_INT, 0),
         "max_hours": (_FLOAT, 0.0),

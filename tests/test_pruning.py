@@ -111,3 +111,52 @@ def test_pruning_on_the_simulated_fleet_saves_time_at_no_loss():
     on = run_one("autoresearch", "8xH100", "random", 0, 1.0, surface_name="autoresearch", prune=True)
     assert on["experiments"] >= 1.2 * off["experiments"]
     assert on["best_metric"] <= off["best_metric"] + 0.003  # 2 sigma of the surface's noise
+
+
+class _Rule:
+    """The parts of the research-validity keep rule a pruner reads: the incumbent's mean per hardware class, σ, k."""
+
+    k_sigma = 1.0
+
+    def __init__(self, means: dict[str, float], sigma: float):
+        self.means, self._sigma = means, sigma
+
+    def reference(self, exp, hardware):
+        from fleetlab.analysis.noise import Stat
+
+        m = self.means.get(hardware)
+        return None if m is None else (Stat(3, m, self._sigma ** 2), "same class")
+
+    def sigma(self, hardware=None):
+        return self._sigma
+
+
+def test_a_run_is_judged_against_the_incumbent_on_its_own_hardware_class():
+    """The incumbent's own run was on an H200, 0.45 better than its H100 replicates: an H100 run heading for 0.4
+    behind that H200 figure is still ahead of the incumbent's H100 mean and may win on its class."""
+    v = View()
+    history(v, late=0.0)
+    v.inc = v.inc.evolve(hardware="H200")     # the incumbent: final 1.0, measured on an H200
+    e = running(v).evolve(hardware="H100")
+    late = curve_like(1.0 + 0.4, 0.0, 150)
+    p = Pruner("minimize", 300, slack=0.0)
+    assert p.should_prune(e, late, v)         # no keep rule to ask: the incumbent's own figure is the reference
+    v.keep_rule = _Rule({"H100": 1.45, "H200": 1.0}, sigma=0.01)
+    assert p.should_prune(e, late, v) is None  # against the incumbent's H100 runs it may still win
+    assert p.should_prune(e, curve_like(1.0 + 0.75, 0.0, 150), v)  # 0.3 behind them: it cannot
+
+
+def test_screen_mode_stops_runs_that_cannot_clear_the_screens_bar():
+    """With `screen`, the bar is the incumbent minus k sigma: a run that can at best tie the incumbent is stopped
+    (the keep rule would discard it when it ends); without it, the same run goes on."""
+    v = View()
+    history(v, late=0.0)
+    v.keep_rule = _Rule({"H100": 1.0}, sigma=0.05)
+    e = running(v).evolve(hardware="H100")
+    plain = Pruner("minimize", 300, slack=0.0)
+    screen = Pruner("minimize", 300, slack=0.0, screen=True)
+    ahead = curve_like(1.0 - 0.03, 0.0, 150)  # may beat it, but by less than the screen's 0.05
+    assert plain.should_prune(e, ahead, v) is None
+    why = screen.should_prune(e, ahead, v)
+    assert why and "screen" in why
+    assert screen.should_prune(e, curve_like(1.0 - 0.08, 0.0, 150), v) is None  # may clear the bar: it goes on

@@ -2,13 +2,19 @@
 
 The rule ("can it still catch up?"), checked at every progress point (elapsed t, metric m) of a running exploration:
 
-1. Reference: the incumbent's final metric, and its own curve at the same elapsed time when it has one.
+1. Reference: the incumbent's final metric on the running experiment's hardware class, as the keep rule will compare
+   them (its replicates there, or hardware-normalised), or its own final metric when the keep rule has no per-class
+   reference. (Before, a run on an H100 was held against an incumbent figure measured on an H200, ~0.005 better on
+   the autoresearch surface for the same config: runs that would have won on their class were stopped.)
 2. Catch-up allowance: from the curves of finished runs of the project, how much each improved from time t to its
    end (`curve(t) - final`); the allowance is the largest such improvement (the most any run has caught up from
-   here), plus `slack` times their spread. Curves cross (a high learning rate with a long warmdown looks worse early
+   here; `quantile` < 1 takes that quantile of them instead), plus `slack` times their spread. Curves cross (a high learning rate with a long warmdown looks worse early
    and better late), and this is what makes the rule safe for that: the history says how much crossing happens.
 3. Prune when even the allowance would not take it past the incumbent: `m - allowance` is worse than the
-   incumbent's final metric by more than `margin` (in the metric's units; default: none).
+   incumbent's final metric by more than `margin` (in the metric's units; default: none). With `screen` (and a keep
+   rule that screens, the research-validity one), the bar is the screen's instead: a screening run is promoted only
+   if it beats the incumbent by k·σ (σ of its hardware class, as the keep rule measures it), so a run whose best case
+   cannot clear that can only be discarded when it ends; it is stopped now.
 
 It stays silent until `min_history` finished curves exist, before `min_fraction` of the time budget (learning-rate
 warm-up and compile time make early points meaningless), after `max_fraction` of it (almost nothing left to save),
@@ -43,11 +49,13 @@ def _interp(curve: list[tuple[float, float]], t: float) -> float:
 class Pruner:
     def __init__(self, goal: str = "minimize", time_budget_s: float = 300.0, *, min_fraction: float = 0.2,
                  max_fraction: float = 0.9, min_history: int = 5, slack: float = 0.5, margin: float = 0.0,
-                 history: int = 300, grid: int = 60):
+                 history: int = 300, grid: int = 60, quantile: float = 1.0, screen: bool = False):
         self.goal, self.budget = goal, float(time_budget_s)
         self.min_fraction, self.max_fraction = min_fraction, max_fraction
         self.min_history, self.slack, self.margin = min_history, slack, margin
         self.history, self.grid = history, grid
+        self.quantile = float(quantile)
+        self.screen = bool(screen)
         self._open = 0                      # index of the oldest experiment not yet final
         self._folded: set[str] = set()
         self._rows: list[list[float]] = []  # finished curves minus their final metric, on the grid (score units)
@@ -96,7 +104,8 @@ class Pruner:
             self._matrix = np.array(self._rows)
         i = min(self.grid - 1, max(0, int(round(t / self.budget * self.grid)) - 1))
         col = self._matrix[:, i]
-        return float(col.max() + self.slack * col.std())
+        top = col.max() if self.quantile >= 1.0 else np.quantile(col, self.quantile)
+        return float(top + self.slack * col.std())
 
     def should_prune(self, exp: Experiment, curve: list[tuple[float, float]], view: Any) -> str | None:
         if not curve or exp.role != "explore":
@@ -113,23 +122,34 @@ class Pruner:
         if allow is None:
             return None
         best_case = self._score(m) - max(0.0, allow)
-        target = self._score(inc.metric) + self.margin
+        bar, ref = self._screen_bar(exp, inc, view)
+        target = self._score(ref if ref is not None else inc.metric) + self.margin - bar
         if best_case <= target:
             return None
         self.pruned += 1
         ref = view.curve(inc.id)
         at = f", incumbent {_interp(ref, t):.6g} at the same time" if len(ref) >= 1 else ""
+        beat = f"beat {inc.id} ({inc.metric:.6g})" if not bar else f"beat {inc.id} ({inc.metric:.6g}) by the screen's {bar:.4g}"
         return (f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
-                f"so it cannot beat {inc.id} ({inc.metric:.6g})")
+                f"so it cannot {beat}")
+
+    def _screen_bar(self, exp: Experiment, inc: Experiment, view: Any) -> tuple[float, float | None]:
+        """(the screen's bar k·σ on this run's hardware, or 0 without `screen`; the incumbent's mean on that class
+        as the keep rule will compare it, or None when the rule has no per-class reference). A run on an H100 is
+        judged against the incumbent's H100 runs, not its H200 one: the H200 is ~0.005 better for the same config,
+        and comparing across classes stopped runs that would have won on their own class."""
+        rule = getattr(view, "keep_rule", None)
+        hw = exp.hardware or "unknown"
+        ref = rule.reference(inc, hw) if rule is not None and hasattr(rule, "reference") else None
+        mean = ref[0].mean if ref is not None else None
+        if not self.screen or not hasattr(rule, "sigma") or not hasattr(rule, "k_sigma"):
+            return 0.0, mean
+        sigma = rule.sigma(hw) or rule.sigma()
+        return (float(rule.k_sigma) * float(sigma) if sigma else 0.0), mean
 
 
 def make_pruner(project: Any) -> Pruner:
-    """The project's pruner: its goal and time budget, options from fleetlab.toml `[prune]` when that section exists."""
-    opts: dict[str, Any] = {}
-    try:
-        section = project.section("prune")
-        opts = {k: section[k] for k in ("min_fraction", "max_fraction", "min_history", "slack", "margin")
-                if k in section and section[k] is not None}
-    except Exception:  # noqa: BLE001 - no [prune] section in this version of the config schema
-        opts = {}
-    return Pruner(project.goal, project.time_budget_s, **opts)
+    """The project's pruner: its goal and time budget, options from fleetlab.toml's `[prune]`."""
+    section = project.section("prune")
+    keys = ("min_fraction", "max_fraction", "min_history", "slack", "margin", "quantile", "screen")
+    return Pruner(project.goal, project.time_budget_s, **{k: section[k] for k in keys if k in section})
