@@ -160,3 +160,23 @@ def test_screen_mode_stops_runs_that_cannot_clear_the_screens_bar():
     why = screen.should_prune(e, ahead, v)
     assert why and "screen" in why
     assert screen.should_prune(e, curve_like(1.0 - 0.08, 0.0, 150), v) is None  # may clear the bar: it goes on
+
+
+def test_prune_options_come_from_fleetlab_toml(mlp_project):
+    import pytest
+
+    from fleetlab.analysis.pruning import make_pruner
+    from fleetlab.errors import ConfigError
+    from fleetlab.project import Project
+
+    toml = mlp_project / "fleetlab.toml"
+    base = toml.read_text()
+    default = make_pruner(Project.load(mlp_project))
+    assert (default.quantile, default.screen, default.slack) == (1.0, False, 0.5)
+    toml.write_text(base + "\n[prune]\nscreen = true\nquantile = 0.95\nmin_history = 8\n")
+    p = make_pruner(Project.load(mlp_project))
+    assert (p.quantile, p.screen, p.min_history) == (0.95, True, 8)
+    toml.write_text(base + "\n[prune]\nscreen = \"yes\"\n")
+    with pytest.raises(ConfigError) as e:
+        Project.load(mlp_project)
+    assert e.value.key == "prune.screen"
