@@ -69,9 +69,12 @@ def test_cancel_on_interrupt(mlp_project: Path):
     import time
 
     set_budget(mlp_project, 30, timeout=60)
+    # as from a terminal: a test runner started in the background (CI scripts, `cmd &`) has SIGINT ignored, the
+    # child would inherit that and Python would never raise KeyboardInterrupt in it
     p = subprocess.Popen([sys.executable, "-m", "fleetlab.cli", "run", "-C", str(mlp_project), "--fleet", "local:2",
                           "--strategy", "random"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = mlp_project / ".fleetlab" / "fleetlab.db"
     deadline = time.time() + 30
     while time.time() < deadline:
