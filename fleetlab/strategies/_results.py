@@ -46,7 +46,7 @@ class Results:
         if v is None:
             v = self.variants[key] = Variant(key, dict(exp.knobs))
         v.ids.append(exp.id)
-        if exp.state is State.DONE and exp.metric is not None and math.isfinite(exp.metric):
+        if measured(exp):
             v.metrics.append(float(exp.metric))
         elif exp.state.is_failure:
             v.failed += 1
@@ -57,6 +57,11 @@ class Results:
 
     def __len__(self) -> int:
         return len(self.variants)
+
+
+def measured(exp: Experiment) -> bool:
+    """Did this run end with a usable metric (done, finite)? Failures and runs without one did not."""
+    return exp.state is State.DONE and exp.metric is not None and math.isfinite(exp.metric)
 
 
 def config_key(config: dict[str, Any], names: Any = None) -> str:
@@ -99,4 +104,4 @@ def from_unit(space, name: str, u: float) -> Any:
     return space.clip(name, x)
 
 
-__all__ = ["Results", "Variant", "config_key", "score", "unit", "from_unit"]
+__all__ = ["Results", "Variant", "config_key", "measured", "score", "unit", "from_unit"]

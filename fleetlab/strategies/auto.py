@@ -23,9 +23,9 @@ import math
 import random
 from typing import Any
 
-from fleetlab.experiment import Experiment, Proposal, State
+from fleetlab.experiment import Experiment, Proposal
 from fleetlab.strategies._base import Context, Strategy
-from fleetlab.strategies._results import config_key, from_unit, score, unit
+from fleetlab.strategies._results import from_unit, measured, score, unit
 from fleetlab.strategies.factorial import FactorialStrategy
 from fleetlab.strategies.simple import describe_change, parent_knobs
 
@@ -172,7 +172,7 @@ class ResponseModel:
         f[1] += 1
         if exp.state.is_failure:
             f[0] += 1
-        if exp.state is State.DONE and exp.metric is not None and math.isfinite(exp.metric):
+        if measured(exp):
             u = [unit(self.space, k, exp.knobs.get(k, self.space.knobs[k].value)) for k in self.nums]
             self.U.append([math.nan if v is None else v for v in u])
             self.C.append(combo)

@@ -40,7 +40,7 @@ from typing import Any
 
 from fleetlab.experiment import Experiment, Proposal
 from fleetlab.strategies._base import Context, Strategy
-from fleetlab.strategies._results import Results, config_key, from_unit, score, unit
+from fleetlab.strategies._results import Results, config_key, from_unit, measured, score, unit
 from fleetlab.strategies.simple import describe_change, parent_knobs
 
 __all__ = ["FactorialStrategy", "fractional_factorial", "full_factorial", "ofat_levels"]
@@ -156,8 +156,7 @@ class FactorialStrategy(Strategy):
         if w is not None and experiment.meta.get("fx") == self.token and experiment.meta.get("wave") == w.number:
             w.out.pop(experiment.meta.get("run"), None)
         v = self.results.add(experiment)
-        if v is None or context.space is None or experiment.metric is None or not v.metrics \
-                or v.metrics[-1] != experiment.metric:  # only a run that measured (a failed replicate did not)
+        if v is None or context.space is None or not measured(experiment):  # a failed replicate measured nothing
             return
         key = config_key(experiment.knobs, context.space.knobs)
         vals = self.by_config.setdefault(key, [])
