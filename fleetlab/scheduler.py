@@ -138,10 +138,6 @@ class Scheduler:
         return self.pool.workers
 
     @property
-    def _workers(self) -> list[Worker]:
-        return self.pool.workers
-
-    @property
     def _price_per_hour(self) -> float:
         return self.pool.facts().price_per_hour
 
@@ -191,7 +187,7 @@ class Scheduler:
             if exp.tag != self.tag or exp.state is not State.RUNNING:
                 continue
             handle = self.executor.reattach(exp.id, exp.handle or {}) if exp.handle else None
-            worker = next((w for w in self._workers if w.id == exp.worker), None)
+            worker = next((w for w in self.pool.workers if w.id == exp.worker), None)
             if handle is not None and worker is not None:
                 workdir = self.project.runs_dir / exp.id
                 ro = (exp.meta.get("readonly_hashes") or {})
@@ -208,7 +204,7 @@ class Scheduler:
     def _start(self) -> None:
         now = self.clock.now()
         self.pool.workers = list(self.executor.workers())
-        if not self._workers:
+        if not self.pool.workers:
             raise ExecutorError(f"the {self.executor.name} fleet has no workers")
         self._load()
         sess = self.store.session(self.tag)
@@ -228,7 +224,7 @@ class Scheduler:
         self._resume()
         if self._incumbent is None and not any(e.tag == self.tag and e.role == "baseline" for e in self._order):
             self._queue_baseline()
-        self.emit("started", tag=self.tag, workers=self._workers, resumed=self._session_count > 0)
+        self.emit("started", tag=self.tag, workers=self.pool.workers, resumed=self._session_count > 0)
 
     def _queue_baseline(self) -> None:
         reps = max(1, int(getattr(self.keep_rule, "baseline_replicates", 1)))
@@ -240,11 +236,11 @@ class Scheduler:
         return self._context()
 
     def _context(self) -> Context:
-        free = len(self._workers) - len(self.pool.busy)
+        free = len(self.pool.workers) - len(self.pool.busy)
         space = self._space
         return Context(goal=self.goal, metric=self.project.metric, incumbent=self._incumbent,
                        baseline_knobs=self._baseline_knobs(), space=space, experiments=self._order,
-                       workers=self._workers, free_workers=free, now=self.clock.now(),
+                       workers=self.pool.workers, free_workers=free, now=self.clock.now(),
                        extra={"view": self, "materializer": self.materializer, "tag": self.tag,
                               "store": self.store})
 
@@ -310,12 +306,12 @@ class Scheduler:
                 return 0
         else:
             left = 1 << 30
-        free = len(self._workers) - len(self._running)
+        free = len(self.pool.workers) - len(self._running)
         # a slow strategy (an LLM) may ask to keep more queued: the runs that end while it thinks
         lookahead = max(self.lookahead, int(getattr(self.strategy, "lookahead_hint", 0) or 0))
         # on a wide fleet runs end every few seconds: ask in batches (one model fit for several proposals, not one
         # each), with a batch's worth more queued so no worker waits for the batch to fill
-        batch = max(1, len(self._workers) // 32)
+        batch = max(1, len(self.pool.workers) // 32)
         queued = self.pool.queued_for_free(self._queue)
         want = free + lookahead + batch - 1 - queued
         if want < batch and queued > 0:
@@ -418,12 +414,12 @@ class Scheduler:
     def _refresh_workers(self) -> None:
         """Re-read the fleet's workers (nodes join and leave, clusters get relaunched on other hardware)."""
         if self.pool.refresh(self.executor.workers(), {r.worker.id for r in self._running.values()}):
-            self.emit("fleet_changed", workers=self._workers)
+            self.emit("fleet_changed", workers=self.pool.workers)
 
     def _drop_worker(self, worker: Worker, reason: str) -> None:
         self.pool.drop(worker)
         self.emit("worker_removed", worker=worker, reason=reason)
-        if not self._workers:
+        if not self.pool.workers:
             self._stop_reason = f"no workers left: {reason}"
 
     # == collect =====================================================================================================
@@ -549,7 +545,7 @@ class Scheduler:
         `busy=False` skips summing the running experiments (the loop checks limits on every event)."""
         now = self.clock.now()
         seg = max(0.0, now - self._segment_start)
-        available = self._available_base + seg * len(self._workers)
+        available = self._available_base + seg * len(self.pool.workers)
         cost = self._cost_base + seg * self._price_per_hour / 3600.0
         if busy:
             busy = self._busy_s + sum(max(0.0, now - r.started_at) for r in self._running.values())

@@ -8,8 +8,9 @@ The rule ("can it still catch up?"), checked at every progress point (elapsed t,
    the autoresearch surface for the same config: runs that would have won on their class were stopped.)
 2. Catch-up allowance: from the curves of finished runs of the project, how much each improved from time t to its
    end (`curve(t) - final`); the allowance is the largest such improvement (the most any run has caught up from
-   here; `quantile` < 1 takes that quantile of them instead), plus `slack` times their spread. Curves cross (a high learning rate with a long warmdown looks worse early
-   and better late), and this is what makes the rule safe for that: the history says how much crossing happens.
+   here; `quantile` < 1 takes that quantile of them instead), plus `slack` times their spread. Curves cross (a high
+   learning rate with a long warmdown looks worse early and better late), and this is what makes the rule safe for
+   that: the history says how much crossing happens.
 3. Prune when even the allowance would not take it past the incumbent: `m - allowance` is worse than the
    incumbent's final metric by more than `margin` (in the metric's units; default: none). With `screen` (and a keep
    rule that screens, the research-validity one), the bar is the screen's instead: a screening run is promoted only
@@ -122,30 +123,30 @@ class Pruner:
         if allow is None:
             return None
         best_case = self._score(m) - max(0.0, allow)
-        bar, ref = self._screen_bar(exp, inc, view)
-        target = self._score(ref if ref is not None else inc.metric) + self.margin - bar
+        inc_mean, bar = self._reference(exp, inc, view)
+        target = self._score(inc_mean if inc_mean is not None else inc.metric) + self.margin - bar
         if best_case <= target:
             return None
         self.pruned += 1
-        ref = view.curve(inc.id)
-        at = f", incumbent {_interp(ref, t):.6g} at the same time" if len(ref) >= 1 else ""
-        beat = f"beat {inc.id} ({inc.metric:.6g})" if not bar else f"beat {inc.id} ({inc.metric:.6g}) by the screen's {bar:.4g}"
+        inc_curve = view.curve(inc.id)
+        at = f", incumbent {_interp(inc_curve, t):.6g} at the same time" if inc_curve else ""
+        beat = f"beat {inc.id} ({inc.metric:.6g})" + (f" by the screen's {bar:.4g}" if bar else "")
         return (f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
                 f"so it cannot {beat}")
 
-    def _screen_bar(self, exp: Experiment, inc: Experiment, view: Any) -> tuple[float, float | None]:
-        """(the screen's bar k·σ on this run's hardware, or 0 without `screen`; the incumbent's mean on that class
-        as the keep rule will compare it, or None when the rule has no per-class reference). A run on an H100 is
-        judged against the incumbent's H100 runs, not its H200 one: the H200 is ~0.005 better for the same config,
+    def _reference(self, exp: Experiment, inc: Experiment, view: Any) -> tuple[float | None, float]:
+        """(the incumbent's mean on this run's hardware class as the keep rule will compare them, or None when the
+        rule has no per-class reference; the screen's bar k·σ on that class, or 0 without `screen`). A run on an H100
+        is judged against the incumbent's H100 runs, not its H200 one: the H200 is ~0.005 better for the same config,
         and comparing across classes stopped runs that would have won on their own class."""
         rule = getattr(view, "keep_rule", None)
         hw = exp.hardware or "unknown"
         ref = rule.reference(inc, hw) if rule is not None and hasattr(rule, "reference") else None
         mean = ref[0].mean if ref is not None else None
         if not self.screen or not hasattr(rule, "sigma") or not hasattr(rule, "k_sigma"):
-            return 0.0, mean
+            return mean, 0.0
         sigma = rule.sigma(hw) or rule.sigma()
-        return (float(rule.k_sigma) * float(sigma) if sigma else 0.0), mean
+        return mean, (float(rule.k_sigma) * float(sigma) if sigma else 0.0)
 
 
 def make_pruner(project: Any) -> Pruner:

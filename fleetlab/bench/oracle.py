@@ -16,6 +16,7 @@ from typing import Any
 
 from fleetlab.analysis.keep import KeepRule
 from fleetlab.experiment import Decision, Experiment, State
+from fleetlab.strategies._results import score
 
 __all__ = ["TruthKeepRule"]
 
@@ -33,7 +34,7 @@ class TruthKeepRule(KeepRule):
             value = self.executor.truth(exp.id)
         except ExecutorError:  # not started yet (a baseline still queued): nothing to compare with
             return None
-        return None if value is None else (value if self.goal == "minimize" else -value)
+        return None if value is None else score(value, self.goal)
 
     def judge(self, exp: Experiment, view: Any) -> Decision:
         if exp.state is not State.DONE or exp.metric is None:
