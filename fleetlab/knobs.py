@@ -46,7 +46,6 @@ splicing needs no printing at all.
 from __future__ import annotations
 
 import ast
-import functools
 import math
 import numbers
 import random

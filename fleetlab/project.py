@@ -64,6 +64,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "alpha": (_FLOAT, 0.05),
         "min_effect": (_FLOAT, 0.0),
         "default_sigma": (_FLOAT, 0.0),
+        "extend_rounds": (_INT, 3),
+        "extend_p": (_FLOAT, 0.4),
     },
     "prune": {
         "min_fraction": (_FLOAT, 0.2),
@@ -190,6 +192,13 @@ class Project:
             raise ConfigError(f"metric.goal must be 'minimize' or 'maximize', not {m['goal']!r}", key="metric.goal")
         if not m["name"]:
             raise ConfigError("metric.name is empty", key="metric.name")
+        v = settings["validity"]
+        for key in ("alpha", "extend_p"):
+            if not 0.0 < v[key] < 1.0:
+                raise ConfigError(f"validity.{key} must be between 0 and 1, not {v[key]!r}", key=f"validity.{key}")
+        if v["extend_rounds"] < 0:
+            raise ConfigError(f"validity.extend_rounds must be 0 or more, not {v['extend_rounds']!r}",
+                              key="validity.extend_rounds")
         pattern = m["pattern"] or rf"^{re.escape(m['name'])}:\s*(\S+)"
         metric_re = _regex(pattern, "metric.pattern")
         if metric_re.groups < 1:

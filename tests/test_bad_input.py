@@ -39,6 +39,8 @@ TOML_CASES = {
     "bad_extra_regex": ("[project]\neditable = ['train.py']\n[metric.extra]\nacc = '(('\n", "metric.extra.acc"),
     "bad_goal": ("[metric]\ngoal = 'lower'\n", "metric.goal"),
     "bad_knob": ("[knobs]\nLEARNING_RATE = 0.1\n", "knobs.LEARNING_RATE"),
+    "bad_alpha": ("[validity]\nalpha = 5.0\n", "validity.alpha must be between 0 and 1"),
+    "bad_extend_rounds": ("[validity]\nextend_rounds = -1\n", "validity.extend_rounds"),
 }
 
 

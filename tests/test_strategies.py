@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import random
 from pathlib import Path
 

@@ -312,3 +312,95 @@ def test_one_keep_per_incumbent_in_a_batch_of_verdicts():
     rule = ValidityKeepRule()  # against different incumbents both stand
     rule._verdicts.append(("a", Decision("keep", "", {"inc": "exp-0001", "gain": 0.003})))
     assert rule._one_keep_per_incumbent("b", Decision("keep", "", {"inc": "exp-0002", "gain": 0.001})).status == "keep"
+
+
+def _inconclusive_candidate(rule):
+    """Baseline + replicates (σ ≈ 0.01), then a candidate promoted on screening whose 3 validation runs show a gain
+    of about half a σ: not significant, not clearly null."""
+    view = Manual(rule)
+    for x in (1.0, 1.01, 0.99, 1.005, 0.995, 1.0):
+        view.run("baseline" if view.n < 3 else "replicate", "base", x, parent=None if view.n < 3 else "exp-0001")
+    view.inc = view.exps["exp-0001"]
+    rule.followups(view)
+    cand, d = view.run("explore", "A", 0.98, parent="exp-0001")
+    assert d.status == "pending" and [p.role for p in rule.followups(view)] == ["validate"]
+    for x in (0.995, 0.993, 0.997):
+        view.run("validate", "A", x, parent=cand.id)
+    return view, cand
+
+
+def test_an_inconclusive_verdict_gets_another_round_instead_of_a_discard():
+    view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=2))
+    rule = view.rule
+    assert rule.pop_decisions() == [] and rule.describe()["pending"] == [cand.id]
+    props = rule.followups(view)
+    assert [(p.role, p.parent, p.replicates) for p in props] == [("validate", cand.id, 3), ("replicate", "exp-0001", 3)]
+    for x in (1.0, 1.004, 0.996):
+        view.run("replicate", "base", x, parent="exp-0001")
+    for x in (0.990, 0.991, 0.989):
+        view.run("validate", "A", x, parent=cand.id)
+    (cid, verdict), = rule.pop_decisions()
+    assert cid == cand.id and verdict.status == "keep"
+    n = verdict.numbers
+    assert n["rounds"] == 2 and n["n"] == 6 and n["inc_n"] == 9
+    assert n["alpha"] == pytest.approx(0.05 * rule.spend[1]) and n["p"] < n["alpha"]
+    assert rule.describe()["pending"] == []
+
+
+def test_without_added_rounds_the_same_evidence_is_discarded_at_once():
+    view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=0))
+    (cid, verdict), = view.rule.pop_decisions()
+    assert cid == cand.id and verdict.status == "discard" and "screening false positive" in verdict.reason
+    assert verdict.numbers["alpha"] == 0.05 and 0.05 < verdict.numbers["p"] < 0.4
+
+
+def test_added_rounds_stop_at_extend_rounds_and_clear_nulls_are_not_extended():
+    view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=1))
+    rule = view.rule
+    assert rule.pop_decisions() == []
+    for x in (1.0, 0.999, 1.001, 0.998):
+        view.run("validate", "A", x, parent=cand.id)  # one more than asked: the verdict comes with the third
+    (cid, verdict), = rule.pop_decisions()
+    assert verdict.status == "discard" and verdict.numbers["rounds"] == 2  # no third round
+    b, d = view.run("explore", "B", 0.975, parent="exp-0001")
+    assert d.status == "pending"
+    for x in (1.01, 1.012, 1.008):  # worse than the incumbent: p ≈ 1, nothing to extend
+        view.run("validate", "B", x, parent=b.id)
+    (cid, verdict), = rule.pop_decisions()
+    assert cid == b.id and verdict.status == "discard" and verdict.numbers["rounds"] == 1
+
+
+def test_alpha_spending_keeps_the_null_keep_rate_at_alpha():
+    """A promoted null change (its validation runs and the incumbent's drawn from one distribution), decided by the
+    rule's own test and spending over 3 added rounds: kept about as often as α, while a 1σ gain is kept far more
+    often than with one round."""
+    rng = random.Random(1)
+
+    def kept(gain, rounds, trials):
+        n_kept = 0
+        for _ in range(trials):
+            rule = ValidityKeepRule(extend_rounds=rounds, default_sigma=0.01)
+            view = Manual(rule)
+            for _ in range(6):
+                view.run("baseline" if view.n < 3 else "replicate", "base", rng.gauss(1.0, 0.01),
+                         parent=None if view.n < 3 else "exp-0001")
+            view.inc = view.exps["exp-0001"]
+            rule.followups(view)
+            cand, d = view.run("explore", "A", 0.9, parent="exp-0001")
+            verdicts = []
+            while not verdicts:
+                for p in rule.followups(view):
+                    for _ in range(p.replicates):
+                        if p.role == "validate":
+                            view.run("validate", "A", rng.gauss(1.0 - gain, 0.01), parent=cand.id)
+                        else:
+                            view.run("replicate", "base", rng.gauss(1.0, 0.01), parent="exp-0001")
+                verdicts = rule.pop_decisions()
+                if not verdicts and not rule._pending:
+                    break
+            n_kept += bool(verdicts) and verdicts[0][1].status == "keep"
+        return n_kept / trials
+
+    null = kept(0.0, 3, 600)
+    assert null <= 0.08, null  # α = 0.05; binomial s.e. at 600 trials ≈ 0.009
+    assert kept(0.01, 3, 200) > kept(0.01, 0, 200) + 0.1

@@ -175,8 +175,6 @@ def _fit(cols: dict[str, Any], y):
 
 def _importance(result, mains: dict, inters: dict, owner: dict[str, str], y) -> dict[str, float]:
     """Type-II-like shares: the drop in explained sum of squares when one term is removed, split onto factors."""
-    import numpy as np
-
     cols = {**mains, **inters}
     total = float(result.ess) if result.ess > 0 else 0.0
     if total <= 0:
