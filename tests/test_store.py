@@ -121,3 +121,35 @@ def test_newer_schema_is_refused(tmp_path: Path):
     con.close()
     with pytest.raises(StoreError, match="newer"):
         SQLiteStore(path)
+
+
+def test_materializer_cache_is_bounded_and_each_blob_written_once(mlp_project: Path):
+    """256 workers make ~23,000 variants a night: file texts are cached LRU up to a size, the store keeps them all."""
+    from fleetlab.experiment import Proposal
+    from fleetlab.project import Project
+    from fleetlab.proposals import Materializer
+
+    class Counting(SQLiteStore):
+        puts = 0
+
+        def put_blob(self, content: str) -> str:
+            Counting.puts += 1
+            return super().put_blob(content)
+
+    project = Project.load(mlp_project)
+    store = Counting(":memory:")
+    size = len(project.read_editable()["train.py"])
+    mat = Materializer(project, store, cache_chars=3 * size)
+    exps = []
+    for i in range(20):
+        exp = mat.to_experiment(Proposal(description=f"lr {i}", knobs={"LEARNING_RATE": 0.001 * (i + 1)}), None,
+                                tag="t", seed=i, now=0.0)
+        exps.append(store.add_experiment(exp))
+    assert mat._cached <= 3 * size and len(mat._blobs) <= 3
+    assert Counting.puts == 20
+    again = mat.to_experiment(Proposal(description="lr 0", knobs={"LEARNING_RATE": 0.001}), None, tag="t", seed=0,
+                              now=0.0)
+    assert Counting.puts == 20 and again.content_hash == exps[0].content_hash  # known to the store: not written again
+    first = mat.files_of(exps[0])["train.py"]  # evicted long ago: read back from the store
+    assert "LEARNING_RATE = 0.001" in first and mat._cached <= 3 * size
+    store.close()
