@@ -73,8 +73,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "min_history": (_INT, 5),
         "slack": (_FLOAT, 0.5),
         "margin": (_FLOAT, 0.0),
-        "quantile": (_FLOAT, 1.0),
-        "screen": (_BOOL, False),
+        "quantile": (_FLOAT, 0.95),
+        "screen": (_BOOL, True),
     },
     "stop": {
         "max_experiments": (_INT, 0),

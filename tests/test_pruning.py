@@ -153,7 +153,7 @@ def test_screen_mode_stops_runs_that_cannot_clear_the_screens_bar():
     history(v, late=0.0)
     v.keep_rule = _Rule({"H100": 1.0}, sigma=0.05)
     e = running(v).evolve(hardware="H100")
-    plain = Pruner("minimize", 300, slack=0.0)
+    plain = Pruner("minimize", 300, slack=0.0, screen=False)
     screen = Pruner("minimize", 300, slack=0.0, screen=True)
     ahead = curve_like(1.0 - 0.03, 0.0, 150)  # may beat it, but by less than the screen's 0.05
     assert plain.should_prune(e, ahead, v) is None
@@ -172,10 +172,10 @@ def test_prune_options_come_from_fleetlab_toml(mlp_project):
     toml = mlp_project / "fleetlab.toml"
     base = toml.read_text()
     default = make_pruner(Project.load(mlp_project))
-    assert (default.quantile, default.screen, default.slack) == (1.0, False, 0.5)
-    toml.write_text(base + "\n[prune]\nscreen = true\nquantile = 0.95\nmin_history = 8\n")
+    assert (default.quantile, default.screen, default.slack) == (0.95, True, 0.5)
+    toml.write_text(base + "\n[prune]\nscreen = false\nquantile = 1.0\nmin_history = 8\n")
     p = make_pruner(Project.load(mlp_project))
-    assert (p.quantile, p.screen, p.min_history) == (0.95, True, 8)
+    assert (p.quantile, p.screen, p.min_history) == (1.0, False, 8)
     toml.write_text(base + "\n[prune]\nscreen = \"yes\"\n")
     with pytest.raises(ConfigError) as e:
         Project.load(mlp_project)

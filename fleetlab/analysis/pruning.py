@@ -7,15 +7,19 @@ The rule ("can it still catch up?"), checked at every progress point (elapsed t,
    reference. (Before, a run on an H100 was held against an incumbent figure measured on an H200, ~0.005 better on
    the autoresearch surface for the same config: runs that would have won on their class were stopped.)
 2. Catch-up allowance: from the curves of finished runs of the project, how much each improved from time t to its
-   end (`curve(t) - final`); the allowance is the largest such improvement (the most any run has caught up from
-   here; `quantile` < 1 takes that quantile of them instead), plus `slack` times their spread. Curves cross (a high
+   end (`curve(t) - final`); the allowance is the `quantile` (default 0.95; 1 = the largest: the most any run has
+   caught up from here) of those improvements, plus `slack` times their spread. Curves cross (a high
    learning rate with a long warmdown looks worse early and better late), and this is what makes the rule safe for
    that: the history says how much crossing happens.
 3. Prune when even the allowance would not take it past the incumbent: `m - allowance` is worse than the
-   incumbent's final metric by more than `margin` (in the metric's units; default: none). With `screen` (and a keep
-   rule that screens, the research-validity one), the bar is the screen's instead: a screening run is promoted only
-   if it beats the incumbent by k·σ (σ of its hardware class, as the keep rule measures it), so a run whose best case
-   cannot clear that can only be discarded when it ends; it is stopped now.
+   incumbent's final metric by more than `margin` (in the metric's units; default: none). With `screen` (the
+   default; it needs a keep rule that screens, the research-validity one), the bar is the screen's instead: a
+   screening run is promoted only if it beats the incumbent by k·σ (σ of its hardware class, as the keep rule
+   measures it), so a run whose best case cannot clear that can only be discarded when it ends; it is stopped now.
+
+Defaults (quantile 0.95, screen on) measured with `fleetlab bench --prune` on the `autoresearch` surface, 8 h, 5
+seeds, against no pruning: `auto` uses 30 % (13xH100+3xH200) and 25 % (16xH100) fewer GPU-hours per experiment with
+a final best no worse (0.97412 vs 0.97423, 0.97933 vs 0.97948); `random` 67 % and 64 %.
 
 It stays silent until `min_history` finished curves exist, before `min_fraction` of the time budget (learning-rate
 warm-up and compile time make early points meaningless), after `max_fraction` of it (almost nothing left to save),
@@ -50,7 +54,7 @@ def _interp(curve: list[tuple[float, float]], t: float) -> float:
 class Pruner:
     def __init__(self, goal: str = "minimize", time_budget_s: float = 300.0, *, min_fraction: float = 0.2,
                  max_fraction: float = 0.9, min_history: int = 5, slack: float = 0.5, margin: float = 0.0,
-                 history: int = 300, grid: int = 60, quantile: float = 1.0, screen: bool = False):
+                 history: int = 300, grid: int = 60, quantile: float = 0.95, screen: bool = True):
         self.goal, self.budget = goal, float(time_budget_s)
         self.min_fraction, self.max_fraction = min_fraction, max_fraction
         self.min_history, self.slack, self.margin = min_history, slack, margin
