@@ -314,10 +314,11 @@ def test_one_keep_per_incumbent_in_a_batch_of_verdicts():
     assert rule._one_keep_per_incumbent("b", Decision("keep", "", {"inc": "exp-0002", "gain": 0.001})).status == "keep"
 
 
-def _inconclusive_candidate(rule):
+def _inconclusive_candidate(rule, workers=()):
     """Baseline + replicates (σ ≈ 0.01), then a candidate promoted on screening whose 3 validation runs show a gain
     of about half a σ: not significant, not clearly null."""
     view = Manual(rule)
+    view.workers_now = list(workers)
     for x in (1.0, 1.01, 0.99, 1.005, 0.995, 1.0):
         view.run("baseline" if view.n < 3 else "replicate", "base", x, parent=None if view.n < 3 else "exp-0001")
     view.inc = view.exps["exp-0001"]
@@ -404,3 +405,24 @@ def test_alpha_spending_keeps_the_null_keep_rate_at_alpha():
     null = kept(0.0, 3, 600)
     assert null <= 0.08, null  # α = 0.05; binomial s.e. at 600 trials ≈ 0.009
     assert kept(0.01, 3, 200) > kept(0.01, 0, 200) + 0.1
+
+
+def test_a_small_fleet_adds_no_rounds_and_tests_at_the_full_alpha():
+    """A round is 2R runs: on 2 workers it would hold the whole fleet for a run-time and a half, so none is added
+    (workers / 2 - 1 rounds at most) and the one test is made at α, not at the first round's share of it."""
+    from types import SimpleNamespace
+
+    def fleet(n):
+        return [SimpleNamespace(hardware="cpu", speed=1.0, price_per_hour=0.0, tier=None) for _ in range(n)]
+
+    rule = ValidityKeepRule(extend_rounds=3)
+    rule._refresh_fleet(SimpleNamespace(workers_now=fleet(2)))
+    assert rule.max_rounds() == 0
+    view, cand = _inconclusive_candidate(rule, workers=fleet(2))
+    (cid, verdict), = rule.pop_decisions()
+    assert verdict.status == "discard" and verdict.numbers["alpha"] == 0.05
+    for n, rounds in ((4, 1), (6, 2), (8, 3), (64, 3)):
+        rule._refresh_fleet(SimpleNamespace(workers_now=fleet(n)))
+        assert rule.max_rounds() == rounds
+    view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=3), workers=fleet(8))
+    assert view.rule.pop_decisions() == []  # another round
