@@ -143,7 +143,8 @@ def test_a_run_is_judged_against_the_incumbent_on_its_own_hardware_class():
     assert p.should_prune(e, late, v)         # no keep rule to ask: the incumbent's own figure is the reference
     v.keep_rule = _Rule({"H100": 1.45, "H200": 1.0}, sigma=0.01)
     assert p.should_prune(e, late, v) is None  # against the incumbent's H100 runs it may still win
-    assert p.should_prune(e, curve_like(1.0 + 0.75, 0.0, 150), v)  # 0.3 behind them: it cannot
+    why = p.should_prune(e, curve_like(1.0 + 0.75, 0.0, 150), v)  # 0.3 behind them: it cannot
+    assert why and "(1.45, its mean on H100)" in why  # the figure it was compared with, not the incumbent's H200 one
 
 
 def test_screen_mode_stops_runs_that_cannot_clear_the_screens_bar():

@@ -134,7 +134,9 @@ class Pruner:
         self.pruned += 1
         inc_curve = view.curve(inc.id)
         at = f", incumbent {_interp(inc_curve, t):.6g} at the same time" if inc_curve else ""
-        beat = f"beat {inc.id} ({inc.metric:.6g})" + (f" by the screen's {bar:.4g}" if bar else "")
+        ref = (f"{inc_mean:.6g}, its mean on {exp.hardware}" if inc_mean is not None and exp.hardware
+               else f"{inc.metric:.6g}")
+        beat = f"beat {inc.id} ({ref})" + (f" by the screen's {bar:.4g}" if bar else "")
         return (f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
                 f"so it cannot {beat}")
 
