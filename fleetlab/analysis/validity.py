@@ -15,10 +15,11 @@ How a result travels (every number it is judged by lands in `Decision.numbers`, 
    3σ improvements judged against them were discarded). The verdict reaches the scheduler through `pop_decisions()`.
    An inconclusive verdict (a gain, α ≤ p < `extend_p`) is not a discard but another round: R more validation
    runs and R fresh incumbent runs on the class validated on, up to `extend_rounds` rounds (default 3; at most
-   workers / 2 - 1, so none on 2 or 3 workers), the test redone on all runs each time. α is spent across the rounds (`spend`: 0.6 α for the first, 0.25 α for each added
-   one), so a null change is still kept about α of the time, while changes of about one σ, which three runs a side
-   confirm only ~40 % of the time, are kept ~65 % of the time (tests/test_validity.py measures both). Near the
-   optimum the steps left are that small: on the `autoresearch` surface this halves the gap after 8 h.
+   workers / 2 - 1, so none on 2 or 3 workers), the test redone on all runs each time. α is spent across the
+   rounds (`spend`: 0.6 α for the first, 0.25 α for each added one), so a null change is still kept about α of
+   the time, while changes of about one σ, which three runs a side confirm only ~40 % of the time, are kept ~65 %
+   of the time (tests/test_validity.py measures both). Near the optimum the steps left are that small: on the
+   `autoresearch` surface this halves the gap after 8 h.
 4. Simplicity: a change that removes code and is equal to the incumbent within noise is validated too, and kept
    unless the validation shows it is worse; a small gain bought with many added lines is kept but flagged.
 5. Combinations: two changes validated as improvements over the same parent are merged (knobs) and the merge is
@@ -315,12 +316,16 @@ class ValidityKeepRule(KeepRule):
         vclass = self.validate_class()
         self._pending[exp.id] = _Pending(exp.id, exp.content_hash or exp.id, exp.parent, self.replicates, simplify,
                                          dict(nums))
-        tier = "validate" if self.mixed or self.configured_tiers else None
-        self._outstanding += self.replicates
-        self._out.append(Proposal(description=f"validate {exp.id}: {exp.description}"[:200], parent=exp.id,
-                                  role="validate", replicates=self.replicates, tier=tier, strategy="validity"))
+        self._queue_validation(exp.id, f"validate {exp.id}: {exp.description}"[:200])
         nums.update(validate_on=vclass or "any", replicates=self.replicates)
         return Decision("pending", f"{why}; validating with {self.replicates} runs on {vclass or 'any worker'}", nums)
+
+    def _queue_validation(self, cand: str, description: str) -> None:
+        """R validation runs of `cand`, on the validate tier when the fleet has tiers."""
+        tier = "validate" if self.mixed or self.configured_tiers else None
+        self._outstanding += self.replicates
+        self._out.append(Proposal(description=description, parent=cand, role="validate", replicates=self.replicates,
+                                  tier=tier, strategy="validity"))
 
     def _validation_ended(self, p: _Pending, hw: str | None, view: View) -> None:
         p.ended += 1
@@ -374,11 +379,8 @@ class ValidityKeepRule(KeepRule):
         p.rounds += 1
         p.want += self.replicates
         self._pending[p.cand] = p
-        self._outstanding += self.replicates
+        self._queue_validation(p.cand, f"validate {p.cand} (round {p.rounds + 1})")
         vhw = d.numbers.get("validated_on")
-        tier = "validate" if self.mixed or self.configured_tiers else None
-        self._out.append(Proposal(description=f"validate {p.cand} (round {p.rounds + 1})", parent=p.cand,
-                                  role="validate", replicates=self.replicates, tier=tier, strategy="validity"))
         inc = view.incumbent()
         if inc is not None:
             self._out.append(Proposal(description=f"replicate incumbent {inc.id} on {vhw}", parent=inc.id,
@@ -458,7 +460,7 @@ class ValidityKeepRule(KeepRule):
                 return self._keep(p, inc, nums, f"validated: not worse than {inc.id} (p={p_worse:.3g} for worse, "
                                                 f"{d:+.4g}) and removes {-net} lines", view)
             return Decision("discard", f"simplification is worse than {inc.id}: {d:+.4g} (p={p_worse:.3g})", nums)
-        alpha = self._alpha(p)
+        alpha = nums["alpha"]  # this round's share of α (`_alpha`)
         if pval < alpha and d > self.min_effect:
             why = self._flag(f"validated: beats {inc.id} by {d:.4g} (Welch t={t:.2f}, p={pval:.3g}, n={cand.n} vs "
                              f"{inc_stat.n}, {how})", d, sigma, net, nums)
