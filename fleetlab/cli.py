@@ -433,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--lookahead", type=int, help="proposals kept ready beyond the free workers")
     sp.add_argument("--keep-rule", default="auto", choices=["auto", "simple"])
-    sp.add_argument("--prune", action="store_true", help="stop runs early that cannot win")
+    sp.add_argument("--prune", action=argparse.BooleanOptionalAction, default=None,
+                    help="stop runs early that cannot win (default: [prune] enabled, on; runs without progress "
+                         "lines are never stopped)")
     sp.add_argument("--dry-run", action="store_true", help="write launch specs for the first wave; launch nothing")
     sp.add_argument("--surface", help="surface for sim fleets (built-in name or file.py:FACTORY)")
     sp.add_argument("--keep-clusters", action="store_true")

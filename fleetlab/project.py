@@ -68,6 +68,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "extend_p": (_FLOAT, 0.4),
     },
     "prune": {
+        "enabled": (_BOOL, True),
         "min_fraction": (_FLOAT, 0.2),
         "max_fraction": (_FLOAT, 0.9),
         "min_history": (_INT, 5),

@@ -31,7 +31,7 @@ class RunOptions:
     keep_rule: str = "auto"
     dry_run: bool = False
     surface: str | None = None
-    prune: bool = False
+    prune: bool | None = None  # None: [prune] enabled (default on)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     executor_options: dict[str, Any] = field(default_factory=dict)
 
@@ -55,6 +55,11 @@ def limits_from(project, opts: RunOptions) -> Limits:
     return lim
 
 
+def pruning(project, opts: RunOptions) -> bool:
+    """Whether runs are stopped early: `--prune`/`--no-prune`, else `[prune] enabled` (default on)."""
+    return bool(opts.prune if opts.prune is not None else project.section("prune")["enabled"])
+
+
 def make_fleet(opened: Opened, spec: str, opts: RunOptions, clock=None):
     from fleetlab.fleet import make_executor
 
@@ -69,7 +74,8 @@ def make_fleet(opened: Opened, spec: str, opts: RunOptions, clock=None):
         from fleetlab.clock import VirtualClock
 
         kw = {"surface": load_surface(opts.surface or "autoresearch"), "clock": clock or VirtualClock(),
-              "prices": fleet_cfg["prices"] or None}
+              "prices": fleet_cfg["prices"] or None,
+              "wake_on_progress": pruning(project, opts)}  # the scheduler looks at each progress point to prune
     else:
         kw = {"project": project, "settings": fleet_cfg}
     kw.update(opts.executor_options)
@@ -96,7 +102,7 @@ def run_session(opened: Opened, opts: RunOptions, on_event: Callable[..., None] 
                 return dry_run(opened, executor, strategy, space, tag, limits, opts)
             keep = make_keep_rule(project, opts.keep_rule)
             pruner = None
-            if opts.prune:
+            if pruning(project, opts):
                 from fleetlab.analysis.pruning import make_pruner
 
                 pruner = make_pruner(project)

@@ -177,7 +177,88 @@ def test_prune_options_come_from_fleetlab_toml(mlp_project):
     toml.write_text(base + "\n[prune]\nscreen = false\nquantile = 1.0\nmin_history = 8\n")
     p = make_pruner(Project.load(mlp_project))
     assert (p.quantile, p.screen, p.min_history) == (1.0, False, 8)
-    toml.write_text(base + "\n[prune]\nscreen = \"yes\"\n")
-    with pytest.raises(ConfigError) as e:
-        Project.load(mlp_project)
-    assert e.value.key == "prune.screen"
+    for key in ("screen", "enabled"):
+        toml.write_text(base + f"\n[prune]\n{key} = \"yes\"\n")
+        with pytest.raises(ConfigError) as e:
+            Project.load(mlp_project)
+        assert e.value.key == f"prune.{key}"
+
+
+CURVE_TRAIN = '''"""A run whose progress curve is known: metric = QUALITY + a decay that every config shares + seeded noise."""
+import os
+import random
+import time
+
+QUALITY = 0.5
+
+print(f"pid: {os.getpid()}", flush=True)
+budget = float(os.environ.get("FLEETLAB_TIME_BUDGET", "3"))
+noise = random.Random(int(os.environ.get("FLEETLAB_SEED", "0"))).gauss(0.0, 0.01)
+t0, step = time.time(), 0
+while (elapsed := time.time() - t0) < budget:
+    step += 1
+    print(f"fleetlab: step={step} metric={QUALITY + 1.0 / (1.0 + elapsed) + noise:.6f} elapsed={elapsed:.3f}", flush=True)
+    time.sleep(0.1)
+print(f"score: {QUALITY + 1.0 / (1.0 + budget) + noise:.6f}")
+'''
+
+
+def _curve_project(root, extra_toml: str = ""):
+    root.mkdir()
+    (root / "train.py").write_text(CURVE_TRAIN)
+    (root / "fleetlab.toml").write_text(
+        "[project]\neditable = [\"train.py\"]\ncommand = \"python train.py\"\ntime_budget_s = 3\ntimeout_s = 30\n\n"
+        "[metric]\nname = \"score\"\ngoal = \"minimize\"\npattern = '^score:\\s*(\\S+)'\n\n"
+        "[knobs.QUALITY]\nlow = 0.0\nhigh = 2.0\n" + extra_toml)
+    return root
+
+
+def _states(root):
+    from fleetlab.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(root / ".fleetlab" / "fleetlab.db")
+    try:
+        return store.experiments()
+    finally:
+        store.close()
+
+
+def test_real_runs_are_pruned_by_default_and_not_with_no_prune(tmp_path):
+    """`fleetlab run` on real subprocesses, pruning on by default: runs whose curve cannot reach the incumbent are
+    killed mid-run and recorded `pruned` with the seconds saved; `--no-prune` (or `[prune] enabled = false`) lets
+    every run finish."""
+    import os
+
+    import pytest
+    from conftest import fleetlab_cmd
+
+    from fleetlab.experiment import State
+
+    on = _curve_project(tmp_path / "on")
+    r = fleetlab_cmd("run", "-C", str(on), "--fleet", "local:2", "--strategy", "random", "--max-experiments", "16",
+                     "--never-stop", timeout=240)
+    assert r.returncode == 0, r.stderr
+    exps = _states(on)
+    pruned = [e for e in exps if e.state is State.PRUNED]
+    assert pruned, [(e.id, e.state, e.metric) for e in exps]
+    best = min(e.knobs.get("QUALITY", 0.5) for e in exps if e.state is State.DONE)
+    for e in pruned:
+        assert e.role == "explore" and e.meta["saved_s"] > 0.3 and "cannot" in e.meta["reason"]
+        assert e.knobs["QUALITY"] > best + 0.03  # only configs truly worse than what was found (noise σ 0.01)
+        assert "score:" not in (e.log_tail or "")  # stopped before the end: it never printed its result
+    for e in pruned:  # the killed process is gone
+        log = (on / ".fleetlab" / "runs" / e.id / "run.log").read_text()
+        pid = int(next(line.split()[1] for line in log.splitlines() if line.startswith("pid:")))
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    for name, args, toml in (("off", ["--no-prune"], ""), ("toml", [], "\n[prune]\nenabled = false\n")):
+        root = _curve_project(tmp_path / name, toml)
+        r = fleetlab_cmd("run", "-C", str(root), "--fleet", "local:2", "--strategy", "random", "--max-experiments",
+                         "12", "--never-stop", *args, timeout=240)
+        assert r.returncode == 0, r.stderr
+        exps = _states(root)
+        assert not [e for e in exps if e.state is State.PRUNED]
+        best = min(e.knobs.get("QUALITY", 0.5) for e in exps if e.state is State.DONE)
+        assert [e for e in exps if e.role == "explore" and e.state is State.DONE and e.knobs["QUALITY"] > best + 0.1
+                and e.number > 6]  # runs the default would have stopped ran to the end

@@ -22,7 +22,7 @@ from fleetlab.store.sqlite import SQLiteStore
 def test_random_session_end_to_end(mlp_project: Path):
     set_budget(mlp_project, 1.5)
     r = fleetlab_cmd("run", "-C", str(mlp_project), "--fleet", "local:2", "--strategy", "random",
-                     "--max-experiments", "8", "--keep-rule", "simple", timeout=240)
+                     "--max-experiments", "8", "--keep-rule", "simple", "--no-prune", timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     store = SQLiteStore(mlp_project / ".fleetlab" / "fleetlab.db")
     exps = store.experiments()
@@ -89,7 +89,7 @@ def test_sigkill_and_resume(mlp_project: Path, keep_rule: str):
     n = 12
     rng = random.Random(1234)
     args = [sys.executable, "-m", "fleetlab.cli", "run", "-C", str(mlp_project), "--fleet", "local:2", "--strategy",
-            "random", "--max-experiments", str(n), "--keep-rule", keep_rule, "-q"]
+            "random", "--max-experiments", str(n), "--keep-rule", keep_rule, "--no-prune", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     db = mlp_project / ".fleetlab" / "fleetlab.db"
     kills = 0

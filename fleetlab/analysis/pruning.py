@@ -21,7 +21,8 @@ Defaults (quantile 0.95, screen on) measured with `fleetlab bench --prune` on th
 seeds, against no pruning: `auto` uses 30 % (13xH100+3xH200) and 25 % (16xH100) fewer GPU-hours per experiment with
 a final best no worse (0.97412 vs 0.97423, 0.97933 vs 0.97948); `random` 67 % and 64 %.
 
-It stays silent until `min_history` finished curves exist, before `min_fraction` of the time budget (learning-rate
+On by default for `fleetlab run` (`[prune] enabled`; `--no-prune` for one session); `fleetlab bench` only with
+`--prune`. It stays silent until `min_history` finished curves exist, before `min_fraction` of the time budget (learning-rate
 warm-up and compile time make early points meaningless), after `max_fraction` of it (almost nothing left to save),
 and for every role but `explore` (baselines, replicates and validation runs must finish). The median and successive-
 halving rules of Optuna's pruners were considered: they compare trials of one study at equal *steps*, and our runs are
