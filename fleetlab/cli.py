@@ -133,6 +133,8 @@ def cmd_run(a) -> int:
             _print_json(out.__dict__ | {"utilization": out.utilization})
         else:
             _print_summary(console, opened, out)
+        if out.stop_reason.startswith("no workers left"):
+            return 1  # nothing can run until the fleet is mended (setup failed, or workers measure on other data)
         return 130 if out.stop_reason == "interrupted" else 0
     finally:
         opened.close()

@@ -35,10 +35,17 @@ def _number(raw: str | None) -> float | None:
         return math.nan
 
 
+DATA_LINE = re.compile(r"^fleetlab: data=(\S+)", re.M)
+
+
 def parse_output(project: Project, text: str) -> tuple[float | None, dict[str, float | str]]:
-    """The metric (None if never printed; NaN if printed but not a finite number) and the extra metrics."""
+    """The metric (None if never printed; NaN if printed but not a finite number) and the extra metrics; a
+    `fleetlab: data=<fingerprint>` line (the data and tokenizer the run measured on) lands in extras["data"]."""
     metric = _number(_last(project.metric_pattern, text))
     extras: dict[str, float | str] = {}
+    data = _last(DATA_LINE, text)
+    if data is not None:
+        extras["data"] = data
     for name, pat in project.extra_patterns.items():
         raw = _last(pat, text)
         if raw is not None:

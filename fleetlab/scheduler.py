@@ -98,6 +98,7 @@ class Scheduler:
         self._order: list[Experiment] = []  # every experiment of the project, in id order (strategy context)
         self._index: dict[str, int] = {}
         self._queue: list[Experiment] = []
+        self._data: str | None = None  # the data fingerprint the session's runs measured on (`_other_data`)
         self._running: dict[str, _Running] = {}
         self.pool = WorkerPool(getattr(self.keep_rule, "tier_of", None))
         self._hashes: dict[str, int] = {}
@@ -486,6 +487,18 @@ class Scheduler:
         text = "\n".join(run.lines) if self.in_memory else self.executor.logs(run.handle)
         tampered = workspace.tampered_files(self.project, run.workdir, run.ro_hashes) if run.ro_hashes else []
         state, metric, extras, reason = classify(self.project, text, up.exit_code, up.timed_out, tampered)
+        other = self._other_data(extras.get("data"))
+        if other:  # measured on other data: not comparable, and not the variant's fault
+            self.store.requeue(exp.id, f"measured on other data on {run.worker.id}: it runs again elsewhere")
+            exp = self.store.get(exp.id)
+            self._remember(exp)
+            self._queue.append(exp)
+            self._busy_s += max(0.0, ended - started)
+            self.emit("requeued", exp=exp, reason=f"{run.worker.id} measured it on other data")
+            self._drop_worker(run.worker, f"{run.worker.id} measured on other data (fingerprint {extras['data']}, "
+                                          f"this session's is {other}), so its results cannot be compared: run the "
+                                          f"project's setup (the same data source) on it again")
+            return
         meta: dict[str, Any] = {"reason": reason} if reason else {}
         if run.ro_hashes:
             meta["readonly_hashes"] = run.ro_hashes
@@ -505,6 +518,18 @@ class Scheduler:
                                     finished_at=ended, log_tail=tail, meta=meta)
         self._remember(exp)
         self._judge(exp)
+
+    def _other_data(self, data: Any) -> str | None:
+        """The session's data fingerprint when a run's (`fleetlab: data=...`) differs from it, else None. The first
+        fingerprint a session sees is pinned (kept with the session, so a resumed session checks against it): every
+        metric it compares must come from the same data and tokenizer, which a worker that prepared its own (another
+        Python's standard library as the offline corpus, another download) would silently break."""
+        if data is None:
+            return None
+        if self._data is None:
+            self._data = str((self.store.session(self.tag) or {}).get("data_fingerprint") or data)
+            self.store.save_session(self.tag, data_fingerprint=self._data)
+        return None if str(data) == self._data else self._data
 
     def _judge(self, exp: Experiment) -> None:
         now = self.clock.now()

@@ -331,7 +331,7 @@ def _train(workdir: Path, cache: Path, budget: float) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_cpu_training_learns_with_time(tmp_path, offline_caches):
+def test_cpu_training_learns_with_time(tmp_path, offline_caches, prepare_module):
     cache = offline_caches[0]
     short, long = _train(tmp_path / "short", cache, 2), _train(tmp_path / "long", cache, 20)  # two cores, one thread each
     logs = {}
@@ -350,6 +350,14 @@ def test_cpu_training_learns_with_time(tmp_path, offline_caches):
     assert 3 <= len(progress) <= 10  # about every 5 seconds, never every step
     assert all(math.isfinite(float(m)) for _, m, _ in progress)
     assert [int(st) for st, _, _ in progress] == sorted(int(st) for st, _, _ in progress)
+    # both runs name the data they measured on: the corpus and the tokenizer of this cache (fleetlab compares only
+    # results measured on the same data; the two prepares of `offline_caches` are byte-identical, so they agree)
+    fingerprints = {re.findall(r"^fleetlab: data=([0-9a-f]{16})$", log, re.MULTILINE)[-1] for log in logs.values()}
+    from fleetlab.collect import DATA_LINE
+
+    assert fingerprints == {DATA_LINE.findall(logs["short"])[-1]}
+    fp = prepare_module.data_fingerprint
+    assert fingerprints == {fp(cache)} == {fp(offline_caches[1])}
 
 
 # ---------------------------------------------------------------------------

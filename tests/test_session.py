@@ -132,3 +132,42 @@ def test_sigkill_and_resume(mlp_project: Path, keep_rule: str):
         if pid:
             assert not Path(f"/proc/{pid}").exists() or "fleetlab.fleet._wrapper" not in \
                 Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+
+DATA_TRAIN = '''import os
+LR = 0.1
+n = int(os.environ["EXPERIMENT_ID"].split("-")[1])
+# from the 6th experiment on, this machine's data is not what the session started with (a re-run setup, another
+# Python's standard library as the offline corpus, another download)
+print("fleetlab: data=" + ("bbbbbbbbbbbbbbbb" if n >= 6 else "aaaaaaaaaaaaaaaa"))
+print(f"loss: {abs(LR - 0.05) + 0.001 * (n % 3):.6f}")
+'''
+
+
+def test_a_worker_measuring_on_other_data_leaves_the_fleet(tmp_path: Path):
+    """Runs print `fleetlab: data=<fingerprint>`; the session pins the first one. A run measured on other data is not
+    compared: it is re-queued (not the variant's fault), its worker leaves the fleet with one sentence saying why and
+    what to do, and with no worker left the session stops with a non-zero exit."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "train.py").write_text(DATA_TRAIN)
+    (root / "fleetlab.toml").write_text(
+        "[project]\neditable = [\"train.py\"]\ncommand = \"python train.py\"\ntime_budget_s = 1\ntimeout_s = 30\n\n"
+        "[metric]\nname = \"loss\"\ngoal = \"minimize\"\npattern = '^loss:\\s*(\\S+)'\n\n"
+        "[knobs.LR]\nlow = 0.01\nhigh = 1.0\nlog = true\n")
+    r = fleetlab_cmd("run", "-C", str(root), "--fleet", "local:2", "--strategy", "random", "--max-experiments", "10",
+                     "--keep-rule", "simple", timeout=240)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "measured on other data" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    store = SQLiteStore(root / ".fleetlab" / "fleetlab.db")
+    exps = {e.id: e for e in store.experiments()}
+    sess = store.sessions()[-1]
+    store.close()
+    assert sess["data_fingerprint"] == "a" * 16
+    assert "no workers left" in sess["stop_reason"] and "run the project's setup" in sess["stop_reason"]
+    assert "fingerprint " + "b" * 16 in sess["stop_reason"]
+    done = [e for e in exps.values() if e.state is State.DONE]
+    assert done and all(e.extras["data"] == "a" * 16 and e.number < 6 for e in done)
+    # nothing measured on the other data was recorded as a result: those runs wait in the queue for a good worker
+    late = [e for e in exps.values() if e.number >= 6]
+    assert late and all(e.state is State.QUEUED and e.metric is None for e in late)

@@ -143,6 +143,16 @@ def read_manifest(directory):
     return json.loads(path.read_text())
 
 
+def data_fingerprint(directory=None):
+    """What a run measures on, in 16 hex digits: the corpus (the manifest's content hash) and the tokenizer file.
+    train.py prints it as `fleetlab: data=<fingerprint>`; fleetlab compares only results measured on the same data
+    (a worker whose Python has another standard library builds another offline corpus, and would not match)."""
+    directory = cache_dir() if directory is None else Path(directory)
+    tok = directory / "tokenizer.pkl"
+    parts = [read_manifest(directory)["corpus_sha256"], sha256_file(tok) if tok.exists() else "no-tokenizer-file"]
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import (MAX_SEQ_LEN, SMALL_SEQ_LEN, SMALL_TIME_BUDGET, TIME_BUDGET, Tokenizer, evaluate_bpb,
-                     make_dataloader)
+from prepare import (MAX_SEQ_LEN, SMALL_SEQ_LEN, SMALL_TIME_BUDGET, TIME_BUDGET, Tokenizer, data_fingerprint,
+                     evaluate_bpb, make_dataloader)
 
 # Flash Attention 3 when it can be had (Hopper wheels or the kernels hub); PyTorch SDPA otherwise.
 try:
@@ -356,6 +356,7 @@ if gpu:
 
 tokenizer = Tokenizer.from_directory(vocab_size=vocab_limit)
 vocab_size = tokenizer.get_vocab_size()
+print(f"fleetlab: data={data_fingerprint()}", flush=True)  # results are compared only on the same data
 token_bytes = tokenizer.token_bytes.to(device)
 
 model_dim = -(-depth * ASPECT_RATIO // head_dim) * head_dim
