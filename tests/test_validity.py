@@ -426,3 +426,32 @@ def test_a_small_fleet_adds_no_rounds_and_tests_at_the_full_alpha():
         assert rule.max_rounds() == rounds
     view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=3), workers=fleet(8))
     assert view.rule.pop_decisions() == []  # another round
+
+
+def test_combinations_skip_alternatives_on_the_same_knob_and_configs_already_run():
+    """Improvements of one parent are merged only when the merge is a new config: ASPECT_RATIO 96 "+" 112 is just
+    112 again (alternatives on one knob), and a merge already proposed or run is not proposed twice (the first
+    screen of autoresearch spent four runs on such copies and their follow-ups)."""
+    from fleetlab.experiment import Experiment, State
+
+    view = Manual()
+    rule = view.rule
+
+    def exp(i, **knobs):
+        e = Experiment(id=f"exp-{i:04d}", tag="t", description="x", state=State.DONE, parent="exp-0001",
+                       knobs={"AR": 64, "TB": 2**19, **knobs}, metric=1.0)
+        view.exps[e.id] = e
+        return e
+
+    exp(1)  # the parent
+    a, b, c = exp(2, AR=96), exp(3, AR=112), exp(4, TB=2**18)
+    exp(5, AR=112, TB=2**18)  # already run by a strategy
+    rule._improved["exp-0001"] = [a.id]
+    rule._propose_combinations("exp-0001", b.id, view, kept=False)  # 96 + 112: alternatives, nothing to merge
+    rule._improved["exp-0001"].append(b.id)
+    rule._propose_combinations("exp-0001", c.id, view, kept=True)
+    rule._improved["exp-0001"].append(c.id)
+    d = exp(6, TB=2**18)  # the same change again (another strategy's copy)
+    rule._propose_combinations("exp-0001", d.id, view, kept=False)
+    merged = [{**view.exps[p.parent].knobs, **p.knobs} for p in rule.followups(view) if p.role == "combine"]
+    assert merged == [{"AR": 96, "TB": 2**18}]  # 112 + 2**18 was run already; C's copy brings nothing new

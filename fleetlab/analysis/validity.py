@@ -116,6 +116,7 @@ class ValidityKeepRule(KeepRule):
         self._inc_seen: str | None = None
         self._improved: dict[str, list[str]] = {}           # parent id -> candidates validated better than it
         self._combined: set[frozenset] = set()
+        self._merged: list[dict[str, Any]] = []             # knobs of the combinations proposed
         self._tiers: dict[str, str] = {}
         self._workers_sig: tuple = ()
         self._workers_key: tuple[int, int] | None = None    # identity of the worker list the fleet shape is from
@@ -523,11 +524,22 @@ class ValidityKeepRule(KeepRule):
             change = {k: v for k, v in add.knobs.items() if parent.knobs.get(k) != v}
             change = {k: v for k, v in change.items() if base.knobs.get(k) != v}
             self._combined.add(pair)
-            if not change:
+            merged = {**base.knobs, **change}
+            if not change or merged == add.knobs or self._ran(merged, view):
+                # alternatives on the same knobs (ASPECT_RATIO 96 "+" 112 is just 112 again), or a config already
+                # run: nothing new to screen (the first autoresearch screen spent 4 runs and their follow-ups so)
                 continue
             self._out.append(Proposal(description=f"combine {base.id} + {add.id}", parent=base.id, knobs=change,
                                       role="combine", strategy="validity",
                                       meta={"combines": [base.id, add.id]}))
+
+    def _ran(self, knobs: dict[str, Any], view: View) -> bool:
+        """Whether a variant with exactly these knobs (and no code edits) was proposed already: one scan, only when a
+        combination is about to be proposed (rare)."""
+        if knobs not in self._merged:
+            self._merged.append(knobs)
+            return any(e.knobs == knobs and not e.edits for e in view.experiments())
+        return True
 
     # == follow-ups =================================================================================================
     def followups(self, view: View) -> list[Proposal]:
