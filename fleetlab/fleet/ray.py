@@ -309,10 +309,15 @@ class RayExecutor(Executor):
             elif exit_code in (None, 0):
                 exit_code = 1
             start_ms, end_ms = getattr(info, "start_time", None), getattr(info, "end_time", None)
+            started = job.running_since or (start_ms / 1000 if start_ms else None)
+            ended = end_ms / 1000 if end_ms else time.time()
+            if started is not None and started > ended:
+                # `running_since` is when a poll first saw the job running: a run of a few milliseconds may have
+                # ended (Ray's end_time) before that poll, so it started no later than it ended
+                started = ended
             updates.append(Update(h.experiment_id, True, lines, exit_code=None if infra else exit_code,
                                   timed_out=job.timed_out and not infra, infra_failure=infra,
-                                  started_at=job.running_since or (start_ms / 1000 if start_ms else None),
-                                  finished_at=end_ms / 1000 if end_ms else time.time()))
+                                  started_at=started, finished_at=ended))
         return updates
 
     def logs(self, handle: Handle) -> str:
