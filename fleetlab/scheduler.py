@@ -477,24 +477,15 @@ class Scheduler:
         started = up.started_at if up.started_at is not None else run.started_at
         if up.infra_failure:
             self._refresh_workers()  # a node died or a cluster came back on other hardware
-            self.store.requeue(exp.id, up.infra_failure)
-            exp = self.store.get(exp.id)
-            self._remember(exp)
-            self._queue.append(exp)
-            self._busy_s += max(0.0, ended - started)
-            self.emit("requeued", exp=exp, reason=up.infra_failure)
+            self._requeue_finished(exp.id, up.infra_failure, ended - started)
             return
         text = "\n".join(run.lines) if self.in_memory else self.executor.logs(run.handle)
         tampered = workspace.tampered_files(self.project, run.workdir, run.ro_hashes) if run.ro_hashes else []
         state, metric, extras, reason = classify(self.project, text, up.exit_code, up.timed_out, tampered)
         other = self._other_data(extras.get("data"))
         if other:  # measured on other data: not comparable, and not the variant's fault
-            self.store.requeue(exp.id, f"measured on other data on {run.worker.id}: it runs again elsewhere")
-            exp = self.store.get(exp.id)
-            self._remember(exp)
-            self._queue.append(exp)
-            self._busy_s += max(0.0, ended - started)
-            self.emit("requeued", exp=exp, reason=f"{run.worker.id} measured it on other data")
+            self._requeue_finished(exp.id, f"measured on other data on {run.worker.id}: it runs again elsewhere",
+                                   ended - started, event=f"{run.worker.id} measured it on other data")
             self._drop_worker(run.worker, f"{run.worker.id} measured on other data (fingerprint {extras['data']}, "
                                           f"this session's is {other}), so its results cannot be compared: run the "
                                           f"project's setup (the same data source) on it again")
@@ -518,6 +509,16 @@ class Scheduler:
                                     finished_at=ended, log_tail=tail, meta=meta)
         self._remember(exp)
         self._judge(exp)
+
+    def _requeue_finished(self, exp_id: str, reason: str, busy_s: float, event: str | None = None) -> None:
+        """A run that ended without a result of its variant's own (its node died, it measured on other data): back
+        in the queue for another worker, its worker time counted as busy."""
+        self.store.requeue(exp_id, reason)
+        exp = self.store.get(exp_id)
+        self._remember(exp)
+        self._queue.append(exp)
+        self._busy_s += max(0.0, busy_s)
+        self.emit("requeued", exp=exp, reason=event or reason)
 
     def _other_data(self, data: Any) -> str | None:
         """The session's data fingerprint when a run's (`fleetlab: data=...`) differs from it, else None. The first
