@@ -295,7 +295,11 @@ def test_auto_screens_first_then_switches_to_bayesian_optimization(space):
         loop.step(auto, 8)
     assert auto.phase == 2
     via = [e.meta.get("via") for e in loop.exps[len(first) + 1:]]
-    assert "optuna" in via
+    assert "optuna" in via and "descent" in via
+    # descent is served first, up to its share (0.4) of the phase-2 slots; here the incumbent moves at every step (a
+    # noise-free bowl), so each request starts a new path and only its credit goes out
+    phase2 = [e for e in loop.exps if e.meta.get("auto_phase") == 2]
+    assert 0.3 <= sum(e.meta.get("via") == "descent" for e in phase2) / len(phase2) <= 0.5
     # both halves were told everything
     assert len(auto.bo.results.seen) == len(auto.factorial.results.seen) == len(loop.exps)
 
@@ -443,3 +447,110 @@ def test_auto_session_on_mlp(mlp_project: Path):
     explore = [e for e in exps if e.role == "explore"]
     assert all(e.strategy == "auto" and e.meta["via"] == "factorial" for e in explore)
     assert len({e.content_hash for e in exps}) == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# descent: designed waves over the range knobs and a path of steepest descent
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 12, 15, 16])
+def test_two_level_design_is_balanced_and_orthogonal(m):
+    from fleetlab.strategies.descent import two_level_design
+
+    d = two_level_design(m)
+    runs = len(d)
+    assert runs >= min(4, 2 ** m) and runs > m and runs & (runs - 1) == 0 and len(set(d)) == runs
+    cols = list(zip(*d))
+    assert len(cols) == m and all(set(c) <= {-1, 1} and sum(c) == 0 for c in cols)
+    assert all(sum(a * b for a, b in zip(c1, c2)) == 0 for c1, c2 in itertools.combinations(cols, 2))
+
+
+def _fixed_incumbent_loop(space, truth, workers=16):
+    """A Loop whose incumbent stays the baseline: the path is judged by its own waves, not by a moving incumbent."""
+    loop = Loop(space, truth, workers=workers)
+    base = loop.incumbent
+
+    def finish(i, strategy=None, _finish=loop.finish):
+        out = _finish(i, strategy)
+        loop.incumbent = base
+        return out
+    loop.finish = finish
+    return loop
+
+
+def test_descent_walks_a_noisy_bowl_down_its_slope(space):
+    """With noise that hides every single comparison (σ 0.02 against steps worth ~0.01), the path of designed waves
+    moves every range knob towards the optimum: its accepted centre ends much nearer than the incumbent it left."""
+    from fleetlab.strategies.descent import DescentStrategy
+
+    truth, rng = bowl(space, optimum_u=0.75), random.Random(5)
+    loop = _fixed_incumbent_loop(space, lambda k: truth(k) + rng.gauss(0.0, 0.02))
+    d = DescentStrategy(seed=0, delta=0.1)
+    ranges = [n for n in d.nums or space.knobs if space.knobs[n].choices is None and n != "DEPTH"]
+
+    def dist(c):
+        return sum((unit(space, n, c[n]) - 0.75) ** 2 for n in ranges)
+
+    first = loop.step(d, 16)
+    # 6 range knobs: a 2^(6-3) design
+    assert len(first) == 8 and all(p.meta["design"] == "descent" for p in first)
+    # every design run moves every range knob by ±delta, except where the range ends (WARMDOWN_RATIO is 0.0, its
+    # lower bound: only its + rows move) and DEPTH (an int of range 1..2: ±0.1 of it rounds back)
+    moves = {n: sum(n in p.knobs for p in first) for n in ranges}
+    assert moves == {**{n: 8 for n in ranges}, "WARMDOWN_RATIO": 4}
+    for _ in range(12):
+        loop.step(d, 9)
+    assert d.steps >= 3 and d.accepted is not None
+    assert dist(d.accepted.centre) < 0.5 * dist(loop.baseline)
+    assert truth(d.accepted.centre) < truth(loop.baseline) - 0.02
+    steps = [e for e in loop.exps if e.meta.get("design") == "step"]
+    assert len(steps) >= d.steps  # the path's centres are run, for the keep rule
+
+
+def test_descent_rejects_a_step_that_does_not_pay_and_halves_it(space):
+    """A wave whose centre fits worse than the accepted one is not accepted: the path steps again from the accepted
+    centre at half the step."""
+    from fleetlab.strategies.descent import DescentStrategy
+
+    # a narrow valley: the first step of 0.3 jumps over the optimum at 0.6 from 0.5 on LEARNING_RATE
+    def truth(k):
+        return 1.0 + 50 * (unit(space, "LEARNING_RATE", k["LEARNING_RATE"]) - 0.6) ** 2
+
+    loop = _fixed_incumbent_loop(space, truth)
+    d = DescentStrategy(seed=0, delta=0.3, z=0.5)
+    for _ in range(6):
+        loop.step(d, 17)
+    assert d.rejected_steps >= 1 and d.delta < 0.3
+    best = truth(d.accepted.centre)
+    assert best < truth(loop.baseline)
+
+
+def test_descent_starts_a_new_path_at_a_new_incumbent_from_elsewhere(space):
+    from fleetlab.strategies.descent import DescentStrategy
+
+    loop = _fixed_incumbent_loop(space, bowl(space))
+    d = DescentStrategy(seed=0)
+    loop.step(d, 16)
+    old = d.wave.number
+    elsewhere = loop.add({**loop.baseline, "HIDDEN": 128}, "random")
+    loop.incumbent = elsewhere
+    props = d.propose(loop.context(), 16)
+    assert d.wave.number == old + 1 and d.wave.centre["HIDDEN"] == 128 and d.accepted is None
+    assert len(props) == 8 and all(p.meta["wave"] == d.wave.number for p in props)
+
+
+def test_descent_waves_at_one_centre_never_repeat_a_run(space):
+    """On a flat response no slope clears the noise: the path stays at its centre and runs more waves there, each
+    with new points (a fold-over, then the design's columns on other knobs), never a config already run."""
+    from fleetlab.strategies.descent import DescentStrategy
+
+    rng = random.Random(2)
+    loop = _fixed_incumbent_loop(space, lambda k: 1.0 + rng.gauss(0.0, 0.01))
+    d = DescentStrategy(seed=0, z=50.0)  # nothing is ever significant
+    d._sigma = lambda context: 0.01      # the keep rule's noise floor (8 runs over 6 knobs leave no residual to use)
+    for _ in range(5):
+        loop.step(d, 9)
+    runs = [config_key(e.knobs) for e in loop.exps if e.strategy == "descent"]
+    assert d.waves >= 5 and d.steps == 0 and len(runs) >= 5 * 8
+    assert len(set(runs)) == len(runs)
+    assert all(e.meta["design"] == "descent" for e in loop.exps if e.strategy == "descent")  # no step was taken

@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "factorial": "fleetlab.strategies.factorial:FactorialStrategy",
     "optuna": "fleetlab.strategies.optuna:OptunaStrategy",
     "optuna-gp": "fleetlab.strategies.optuna:OptunaGPStrategy",
+    "descent": "fleetlab.strategies.descent:DescentStrategy",
     "auto": "fleetlab.strategies.auto:AutoStrategy",
     "llm": "fleetlab.strategies.llm:LLMStrategy",
     "seq-greedy": "fleetlab.bench.reference:SeqGreedy",

@@ -7,14 +7,23 @@ over the factors that paid. Phase 2 starts at the first request where either
   submissions and other strategies count),
 because by then the surrogate has a design to learn from (the screen spans every axis, the factorial the
 interactions of the ones that matter), which TPE's own random start-up would otherwise have to buy.
-In phase 2 each request is split three ways: a `bo_share` (default 0.35) goes to Optuna TPE (`optuna`, told every
-result since the start: global exploration, e.g. across ridges of interacting architecture knobs), a `model_share`
-(default 0.45) to the response-surface model (`ResponseModel` below: a locally weighted quadratic fitted to every run,
-whose minimiser near the incumbent bundles many gains below the noise floor into one move the keep rule can
-validate), and the rest to the factorial, which goes on re-centring on the incumbent with ever finer steps.
-Shares are kept by counting the slots given to each side, so a small request still honours them over time. Both are told every finished experiment in both
-phases, so the switch loses nothing. The phase is recomputed from what is known, so a resumed session resumes in
-phase 2 at once when the project already has the data.
+In phase 2 each request is split four ways:
+- `descent_share` (default 0.4) to `descent` (fleetlab/strategies/descent.py): designed ±delta waves over every
+  continuous knob at once and a path of steepest descent down their measured slopes. It is served first, up to its
+  share of all slots given so far: while its wave is out it waits, its credit grows, and its next wave goes out in
+  one burst. Its waves are also the best-designed local data the response model gets;
+- `model_share` (default 0.3) to the response-surface model (`ResponseModel` below: a locally weighted quadratic
+  fitted to every run, whose minimiser near the incumbent bundles many gains below the noise floor into one move the
+  keep rule can validate);
+- `bo_share` (default 0.2) to Optuna TPE (`optuna`, told every result since the start: global exploration, e.g.
+  across ridges of interacting architecture knobs);
+- the rest (0.1) to the factorial, which goes on re-centring on the incumbent with ever finer steps.
+Measured on the `autoresearch` surface (13xH100+3xH200, 20 seeds, 8 h): with `descent` the median time to true
+val_bpb 0.975 fell from 5.9 to 2.1 h (seeds 0-9) and 6.9 to 5.4 h (seeds 10-19); without it the shares were 0.35
+TPE, 0.45 model, 0.2 factorial.
+Shares are kept by counting the slots given to each side, so a small request still honours them over time. Every
+side is told every finished experiment in both phases, so the switch loses nothing. The phase is recomputed from
+what is known, so a resumed session resumes in phase 2 at once when the project already has the data.
 """
 
 from __future__ import annotations
@@ -39,27 +48,33 @@ class AutoStrategy(Strategy):
     # (13xH100+3xH200, 8 h: utilization 0.94-0.95 without it)
     lookahead_hint = 3
 
-    def __init__(self, seed: int = 0, bo_share: float = 0.35, model_share: float = 0.45, sampler: str = "tpe"):
+    def __init__(self, seed: int = 0, bo_share: float = 0.2, model_share: float = 0.3, descent_share: float = 0.4,
+                 sampler: str = "tpe", descent_delta: float = 0.2, descent_z: float = 1.0):
+        from fleetlab.strategies.descent import DescentStrategy
         from fleetlab.strategies.optuna import OptunaGPStrategy, OptunaStrategy
 
         self.factorial = FactorialStrategy(seed=seed)
+        self.descent = DescentStrategy(seed=seed, delta=descent_delta, z=descent_z)
         self.bo = (OptunaGPStrategy if sampler == "gp" else OptunaStrategy)(seed=seed)
         self.model = ResponseModel()
         self.rng = random.Random(seed + 7919)
         self.bo_share = bo_share
         self.model_share = model_share
+        self.descent_share = descent_share
         self.phase = 1
-        self._given = {"bo": 0, "model": 0, "fx": 0}
+        self._given = {"bo": 0, "model": 0, "descent": 0, "fx": 0}
         self._switched_at: int | None = None
 
     def observe(self, experiment: Experiment, context: Context) -> None:
         self.factorial.observe(experiment, context)
         self.bo.observe(experiment, context)
         self.model.add(experiment, context.goal, context.space)
+        self.descent.observe(experiment, context)
 
     def rejected(self, proposal: Proposal, reason: str) -> None:
         self.factorial.rejected(proposal, reason)
         self.bo.rejected(proposal, reason)
+        self.descent.rejected(proposal, reason)
 
     def _enough(self, context: Context) -> bool:
         if self.factorial.waves >= 3:
@@ -76,16 +91,26 @@ class AutoStrategy(Strategy):
         if self.phase == 1:
             out = self.factorial.propose(context, n)
             return [self._tag(p) for p in out]
-        shares = {"bo": self.bo_share, "model": self.model_share,
-                  "fx": max(0.0, 1.0 - self.bo_share - self.model_share)}
+        # the descent design first, up to its share of every slot given so far: while its wave is out it waits and
+        # its credit grows, so its next wave is handed out in one burst and completes in one round of the fleet
+        out: list[Proposal] = []
+        if self.descent_share > 0:
+            credit = math.ceil(self.descent_share * (sum(self._given.values()) + n) - self._given["descent"])
+            out = self.descent.propose(context, min(n, max(1, credit)))
+            self._given["descent"] += len(out)
+            n -= len(out)
+        rest = max(1.0 - self.descent_share, 1e-9)
+        shares = {"bo": self.bo_share / rest, "model": self.model_share / rest,
+                  "fx": max(0.0, 1.0 - (self.bo_share + self.model_share) / rest)}
         take = {"bo": 0, "model": 0, "fx": 0}
         for _ in range(n):  # each slot to whichever side is furthest below its share
-            total = sum(self._given.values()) + 1
+            total = self._given["bo"] + self._given["model"] + self._given["fx"] + 1
             side = max(shares, key=lambda s: shares[s] * total - self._given[s])
             self._given[side] += 1
             take[side] += 1
-        out = self._model_proposals(context, take["model"]) if take["model"] else []
-        take["bo"] += take["model"] - len(out)  # the model has nothing (yet): TPE takes its slots
+        model = self._model_proposals(context, take["model"]) if take["model"] else []
+        take["bo"] += take["model"] - len(model)  # the model has nothing (yet): TPE takes its slots
+        out += model
         out += self.bo.propose(context, take["bo"]) + self.factorial.propose(context, take["fx"])
         return [self._tag(p) for p in out]
 
@@ -116,7 +141,7 @@ class AutoStrategy(Strategy):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "phase": self.phase, "switched_after": self._switched_at,
                 "bo": self.bo.describe(), "factorial": self.factorial.describe(), "model_fits": self.model.fits,
-                "given": dict(self._given)}
+                "descent": self.descent.describe(), "given": dict(self._given)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
