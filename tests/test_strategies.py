@@ -539,9 +539,10 @@ def test_descent_starts_a_new_path_at_a_new_incumbent_from_elsewhere(space):
     assert len(props) == 8 and all(p.meta["wave"] == d.wave.number for p in props)
 
 
-def test_descent_waves_at_one_centre_never_repeat_a_run(space):
-    """On a flat response no slope clears the noise: the path stays at its centre and runs more waves there, each
-    with new points (a fold-over, then the design's columns on other knobs), never a config already run."""
+def test_descent_path_ends_where_no_slope_clears_the_noise(space):
+    """On a flat response no slope clears the noise: a wave, its fold-over (new points: every sign flipped), then the
+    path ends and proposes nothing (`auto` gives its slots to the others) until the incumbent moves. No config is ever
+    proposed twice."""
     from fleetlab.strategies.descent import DescentStrategy
 
     rng = random.Random(2)
@@ -551,6 +552,7 @@ def test_descent_waves_at_one_centre_never_repeat_a_run(space):
     for _ in range(5):
         loop.step(d, 9)
     runs = [config_key(e.knobs) for e in loop.exps if e.strategy == "descent"]
-    assert d.waves >= 5 and d.steps == 0 and len(runs) >= 5 * 8
-    assert len(set(runs)) == len(runs)
-    assert all(e.meta["design"] == "descent" for e in loop.exps if e.strategy == "descent")  # no step was taken
+    assert d.waves == 2 and d.stalled and d.steps == 0 and len(runs) == 16 and len(set(runs)) == 16
+    assert d.propose(loop.context(), 8) == []
+    loop.incumbent = loop.add({**loop.baseline, "HIDDEN": 128}, "random")  # a new incumbent: a new path
+    assert len(d.propose(loop.context(), 8)) == 8 and not d.stalled

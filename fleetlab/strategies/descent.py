@@ -12,7 +12,8 @@ Response-surface methodology's path of steepest descent, run on a fleet.
 3. **Accept or back off.** When the wave is in, its fitted centre level is compared with the accepted wave's (one
    joint fit, hardware classes shared): better, and the path moves on from it; not better, and the path steps again
    from the accepted centre at half the step (back to `delta` once below `min_delta`). No slope clear of the noise:
-   a fold-over wave (every sign flipped) at the accepted centre, pooled with it.
+   a fold-over wave (every sign flipped) at the accepted centre, pooled with it; still none: the path ends there and
+   proposes nothing (`auto` gives its slots to the others) until the incumbent moves.
 
 The path starts at the incumbent and goes on while the incumbent is one of its centres; a new incumbent from elsewhere
 starts a new path at it (a wave still out is abandoned).
@@ -33,7 +34,6 @@ experiments per hour from 258.5 to 186.8 (most of the saving lost) for no better
 from __future__ import annotations
 
 import math
-import random
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +63,6 @@ class _Wave:
     number: int
     centre: dict[str, Any]
     rows: list[tuple[int, ...]]
-    delta: float
     out: set[int] = field(default_factory=set)              # run numbers handed out and not finished
     data: list[tuple[list[float], str, float]] = field(default_factory=list)  # (unit offsets, hardware, score)
 
@@ -75,7 +74,6 @@ class DescentStrategy(Strategy):
 
     def __init__(self, seed: int = 0, delta: float = 0.15, z: float = 1.0, min_delta: float = 0.02):
         self.delta0, self.delta, self.z, self.min_delta = delta, delta, z, min_delta
-        self.rng = random.Random(seed + 104729)
         self.token = uuid.uuid4().hex[:8]   # tells this instance's runs from an earlier session's
         self.goal = "minimize"
         self.nums: list[str] = []
@@ -86,6 +84,7 @@ class DescentStrategy(Strategy):
         self.waves = self.steps = self.rejected_steps = 0
         self._run = 0
         self._folds = 0
+        self.stalled = False                # no slope clears the noise at the accepted centre, fold-over included
         self.last: dict[str, Any] = {}
 
     # -- ask/tell ----------------------------------------------------------------------------------------------------
@@ -125,12 +124,17 @@ class DescentStrategy(Strategy):
         if self.anchor is None or (key != self.anchor and key not in self.path):
             # a new incumbent from elsewhere: a new path from it (a wave still out is abandoned)
             self.anchor, self.path, self.accepted, self.delta = key, {key}, None, self.delta0
+            self.stalled = False
             self._start(incumbent, space)
         elif key != self.anchor:
             self.anchor = key  # the keep rule kept one of the path's centres: the path goes on
         w = self.wave
+        if self.stalled:
+            return []
         if not w.rows and not w.out:
             self._advance(space, context)
+            if self.stalled:
+                return []
             out += self._centre_run(space, base)
         while len(out) < n and self.wave.rows:
             prop = self._design_run(space, base, self.wave.rows.pop(0))
@@ -141,20 +145,12 @@ class DescentStrategy(Strategy):
     # -- the path ----------------------------------------------------------------------------------------------------
 
     def _start(self, centre: dict[str, Any], space, fold: bool = False) -> None:
-        """The next wave at `centre`. `fold`: another wave at the same centre: the last one's fold-over (every sign
-        flipped), then waves with the design's columns dealt to the knobs in a new order and a random amplitude
-        between delta/2 and delta (new points: a repeated config would be refused as already tried)."""
+        """The next wave at `centre`; `fold`: the last wave's fold-over (every sign flipped), at the same centre."""
         self.waves += 1
         self._folds = self._folds + 1 if fold else 0
-        design, delta = two_level_design(len(self.nums)), self.delta
-        if self._folds >= 2:
-            perm = list(range(len(self.nums)))
-            self.rng.shuffle(perm)
-            design = [tuple(row[j] for j in perm) for row in design]
-            delta *= self.rng.uniform(0.5, 1.0)
         sign = -1 if self._folds % 2 else 1
-        rows = [tuple(sign * c for c in row) for row in design]
-        self.wave = _Wave(self.waves, dict(centre), rows, delta)
+        rows = [tuple(sign * c for c in row) for row in two_level_design(len(self.nums))]
+        self.wave = _Wave(self.waves, dict(centre), rows)
         self.path.add(config_key(centre, space.knobs))
 
     def _advance(self, space, context: Context) -> None:
@@ -179,8 +175,11 @@ class DescentStrategy(Strategy):
                 if self.delta < self.min_delta:
                     self.delta = self.delta0
         acc = self.accepted
-        if acc is None:  # nothing measured yet: run the wave again
-            self._start(w.centre, space, fold=True)
+        if acc is None:  # nothing measured yet: the fold-over; nothing from it either: the path ends here
+            if self._folds == 0:
+                self._start(w.centre, space, fold=True)
+            else:
+                self.stalled = True
             return
         est = self.slopes(acc, sigma)
         centre = dict(acc.centre)
@@ -196,7 +195,10 @@ class DescentStrategy(Strategy):
                 moved.append(k)
         self.last.update(moved=moved, runs=len(acc.data))
         if not moved or space.violation(centre) is not None:
-            self._start(acc.centre, space, fold=True)  # no slope clear of the noise: more runs at the centre
+            if self._folds == 0 and w.centre == acc.centre:
+                self._start(acc.centre, space, fold=True)  # no slope clear of the noise: the fold-over, pooled
+            else:  # not after the fold-over either: the path ends here until the incumbent moves
+                self.stalled = True
         else:
             self._start(centre, space)
 
@@ -216,7 +218,7 @@ class DescentStrategy(Strategy):
         for k, c in zip(self.nums, row):
             u = unit(space, k, config[k])
             if u is not None:
-                config[k] = from_unit(space, k, u + c * self.wave.delta)
+                config[k] = from_unit(space, k, u + c * self.delta)
         if space.violation(config) is not None:
             return None
         change = {k: v for k, v in config.items() if base.get(k) != v}
@@ -224,7 +226,7 @@ class DescentStrategy(Strategy):
             return None
         self._run += 1
         self.wave.out.add(self._run)
-        return Proposal(description=f"descent w{self.waves}: {len(change)} knobs ±{self.wave.delta:.3g}", knobs=change,
+        return Proposal(description=f"descent w{self.waves}: {len(change)} knobs ±{self.delta:g}", knobs=change,
                         strategy=self.name,
                         meta={"descent": self.token, "design": "descent", "run": self._run, "wave": self.waves})
 
