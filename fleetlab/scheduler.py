@@ -466,7 +466,9 @@ class Scheduler:
         verdict = self.pruner.should_prune(run.exp, self.curve(run.exp.id), self)
         if verdict:
             self.executor.cancel(run.handle)
-            run.exp = run.exp.evolve(meta={**run.exp.meta, "pruned": str(verdict)})
+            bound = getattr(self.pruner, "bounds", {}).pop(run.exp.id, None)
+            extra = {} if bound is None else {"bound": bound}
+            run.exp = run.exp.evolve(meta={**run.exp.meta, "pruned": str(verdict), **extra})
 
     def _finish(self, run: _Running, up) -> None:
         exp = run.exp
@@ -496,6 +498,8 @@ class Scheduler:
         if "pruned" in exp.meta and state is not State.DONE:
             state, metric = State.PRUNED, None
             meta["reason"] = exp.meta["pruned"]
+            if "bound" in exp.meta:  # the best final metric it could still have reached (a censored measurement)
+                meta["bound"] = exp.meta["bound"]
             meta["saved_s"] = max(0.0, self.project.time_budget_s - (ended - started))
         self._busy_s += max(0.0, ended - started)
         tail = "" if state is State.DONE else log_tail(text)

@@ -65,6 +65,10 @@ def test_prunes_a_run_that_cannot_catch_up():
     e = running(v)
     why = p.should_prune(e, curve_like(1.5, 0.05, 150), v)  # 0.5 worse than anything at the same time
     assert why and "cannot beat" in why and v.inc.id in why
+    # the censored measurement: the best final it could still have reached, worse than the incumbent, better than
+    # where its curve stands now (it would have kept improving)
+    now = curve_like(1.5, 0.05, 150)[-1][1]
+    assert v.inc.metric < p.bounds[e.id] < now
 
 
 def test_keeps_a_run_that_is_behind_by_less_than_history_says_runs_catch_up():

@@ -556,3 +556,23 @@ def test_descent_path_ends_where_no_slope_clears_the_noise(space):
     assert d.propose(loop.context(), 8) == []
     loop.incumbent = loop.add({**loop.baseline, "HIDDEN": 128}, "random")  # a new incumbent: a new path
     assert len(d.propose(loop.context(), 8)) == 8 and not d.stalled
+
+
+def test_descent_fits_a_pruned_design_run_at_its_bound_not_as_missing(space):
+    """A design run stopped early has no metric but a bound (the best it could still have reached): the fit uses it,
+    so the runs that looked worst are not silently dropped (which would bias the slopes towards the lucky ones)."""
+    from fleetlab.strategies.descent import DescentStrategy
+
+    loop = _fixed_incumbent_loop(space, bowl(space))
+    d = DescentStrategy(seed=0)
+    props = loop.step(d, 8)
+    assert len(d.wave.data) == 8
+    pruned = loop.add({**loop.baseline, **props[0].knobs}, "descent", meta={**props[0].meta, "run": 999},
+                      finish=False).evolve(state=State.PRUNED, meta={**props[0].meta, "run": 999, "bound": 1.5})
+    d.observe(pruned, loop.context())
+    assert len(d.wave.data) == 9 and d.wave.data[-1][2] == 1.5
+    d2 = DescentStrategy(seed=0, censored=False)  # the other way: a pruned run is missing from the fit
+    loop2 = _fixed_incumbent_loop(space, bowl(space))
+    loop2.step(d2, 8)
+    d2.observe(pruned.evolve(meta={**pruned.meta, "descent": d2.token, "wave": d2.wave.number}), loop2.context())
+    assert len(d2.wave.data) == 8

@@ -68,6 +68,7 @@ class Pruner:
         self._matrix = None
         self.checks = 0
         self.pruned = 0
+        self.bounds: dict[str, float] = {}  # experiment id -> the best final metric it could still have reached
 
     def _score(self, m: float) -> float:
         return m if self.goal == "minimize" else -m
@@ -133,6 +134,7 @@ class Pruner:
         if best_case <= target:
             return None
         self.pruned += 1
+        self.bounds[exp.id] = self._score(best_case)
         inc_curve = view.curve(inc.id)
         at = f", incumbent {_interp(inc_curve, t):.6g} at the same time" if inc_curve else ""
         ref = (f"{inc_mean:.6g}, its mean on {exp.hardware}" if inc_mean is not None and exp.hardware

@@ -25,10 +25,14 @@ and one-knob steps are too small to validate, but a wave measures all slopes at 
 The path's levels are judged by whole waves (s.e. ~σ/4 each), not single runs, so it can walk down a slope of
 sub-σ steps that the keep rule could not validate one by one.
 
-A design run stopped early (`[prune]`) has no final metric and is left out of the fit. Exempting design runs from early
-stopping was measured and dropped: on `fleetlab bench --prune` (13xH100+3xH200, 5 seeds, 8 h) it cut `auto`'s
-experiments per hour from 258.5 to 186.8 (most of the saving lost) for no better final best (0.97454 against
-0.97435). Categorical knobs are left to the other strategies (`auto` runs this beside them).
+A design run stopped early (`[prune]`) enters the fit at its bound, the best final metric the pruner's history says it
+could still have reached (`meta["bound"]`): a censored measurement, not a missing one, so the waves do not keep only
+the runs that looked good early (`censored=False` drops them instead). Measured with `--prune` (13xH100+3xH200,
+8 h, seeds 0-9): a wash, final best 0.97487 / 0.97443 against 0.97521 / 0.97412 (seeds 0-4 / 5-9). Exempting
+design runs from early stopping lost most of its saving (186.8 experiments per hour against 258.5, seeds 0-4) for no
+better final best (0.97454 against 0.97435).
+
+Categorical knobs are left to the other strategies (`auto` runs this beside them).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetlab.experiment import Experiment, Proposal
+from fleetlab.experiment import Experiment, Proposal, State
 from fleetlab.strategies._base import Context, Strategy
 from fleetlab.strategies._results import config_key, from_unit, measured, score, unit
 from fleetlab.strategies.factorial import fractional_factorial, full_factorial
@@ -72,7 +76,9 @@ class DescentStrategy(Strategy):
 
     name = "descent"
 
-    def __init__(self, seed: int = 0, delta: float = 0.15, z: float = 1.0, min_delta: float = 0.02):
+    def __init__(self, seed: int = 0, delta: float = 0.15, z: float = 1.0, min_delta: float = 0.02,
+                 censored: bool = True):
+        self.censored = censored
         self.delta0, self.delta, self.z, self.min_delta = delta, delta, z, min_delta
         self.token = uuid.uuid4().hex[:8]   # tells this instance's runs from an earlier session's
         self.goal = "minimize"
@@ -95,12 +101,15 @@ class DescentStrategy(Strategy):
         if meta.get("descent") != self.token or w is None or meta.get("wave") != w.number:
             return
         w.out.discard(meta.get("run"))
-        if measured(experiment):
+        value = float(experiment.metric) if measured(experiment) else None
+        if value is None and self.censored and experiment.state is State.PRUNED and meta.get("bound") is not None:
+            value = float(meta["bound"])  # stopped early: the best it could still have reached, not a missing run
+        if value is not None and math.isfinite(value):
             x = []
             for k in self.nums:
                 u, u0 = unit(context.space, k, experiment.knobs.get(k)), unit(context.space, k, w.centre.get(k))
                 x.append(0.0 if u is None or u0 is None else u - u0)
-            w.data.append((x, experiment.hardware or "", score(float(experiment.metric), context.goal)))
+            w.data.append((x, experiment.hardware or "", score(value, context.goal)))
 
     def rejected(self, proposal: Proposal, reason: str) -> None:
         if self.wave is not None and proposal.meta.get("descent") == self.token \
