@@ -36,8 +36,8 @@ class View:
         return e
 
 
-def running(view, role="explore") -> Experiment:
-    e = Experiment(format_id(len(view.exps) + 1), "t", "x", State.RUNNING, role=role)
+def running(view, role="explore", meta=None) -> Experiment:
+    e = Experiment(format_id(len(view.exps) + 1), "t", "x", State.RUNNING, role=role, meta=meta or {})
     view.exps.append(e)
     return e
 
@@ -82,7 +82,7 @@ def test_keeps_a_run_that_is_behind_by_less_than_history_says_runs_catch_up():
     assert p.should_prune(running(v), curve_like(1.0 + 0.6, 0.05, 150), v)
 
 
-def test_never_early_never_late_never_a_validation_run():
+def test_never_early_never_late_never_a_validation_or_opted_out_run():
     v = View()
     history(v)
     p = Pruner("minimize", 300, min_fraction=0.2, max_fraction=0.9)
@@ -91,6 +91,8 @@ def test_never_early_never_late_never_a_validation_run():
     assert p.should_prune(running(v), curve_like(bad, 0, 240) + [(285, bad)], v) is None  # past 90 %
     assert p.should_prune(running(v, role="validate"), curve_like(bad, 0, 150), v) is None
     assert p.should_prune(running(v, role="replicate"), curve_like(bad, 0, 150), v) is None
+    # a run its strategy needs measured to the end (a designed wave's run) opts out
+    assert p.should_prune(running(v, meta={"prune": False}), curve_like(bad, 0, 150), v) is None
     assert p.should_prune(running(v), curve_like(bad, 0, 150), v)
 
 

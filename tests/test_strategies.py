@@ -558,6 +558,21 @@ def test_descent_path_ends_where_no_slope_clears_the_noise(space):
     assert len(d.propose(loop.context(), 8)) == 8 and not d.stalled
 
 
+def test_descent_runs_opt_out_of_early_stopping(space):
+    """A wave is a designed measurement: early stopping would end its worst runs (by design most are worse than the
+    centre) and leave a fit of the lucky ones. Every design run and every step run asks to be measured to the end."""
+    from fleetlab.analysis.pruning import Pruner
+    from fleetlab.strategies.descent import DescentStrategy
+
+    loop = _fixed_incumbent_loop(space, bowl(space))
+    d = DescentStrategy(seed=0)
+    props = loop.step(d, 16)
+    assert props and all(p.meta.get("prune") is False for p in props)
+    assert {p.meta["design"] for p in props} <= {"descent", "step"}
+    exp = loop.add({**loop.baseline, **props[0].knobs}, "descent", meta=props[0].meta, finish=False)
+    assert Pruner().should_prune(exp, [(150.0, 99.0)], None) is None  # hopeless at half time, and not stopped
+
+
 def test_descent_fits_a_pruned_design_run_at_its_bound_not_as_missing(space):
     """A design run stopped early has no metric but a bound (the best it could still have reached): the fit uses it,
     so the runs that looked worst are not silently dropped (which would bias the slopes towards the lucky ones)."""
