@@ -27,8 +27,13 @@ How the space is inferred (infer_space); every rule can be overridden in fleetla
 - str: fixed, choices=(value,), unless an override lists choices.
 - int that is a power of two >= 2 (however written): kind "pow2", choices v/4, v/2, v, 2v, 4v (those >= 1).
 - other int: linear integer range v +- max(1, floor(|v|/2)), never below 1 when v >= 1; v == 0 gives [0, 1].
-- float named like a beta or momentum (BETA, MOMENTUM in the name) or in [0.8, 1): linear [max(0, 1 - 4(1-v)), 0.999]
-  (0.95 -> [0.8, 0.999], 0.8 -> [0.2, 0.999]).
+- float named like a beta or momentum (BETA, MOMENTUM in the name) or in [0.8, 1): [max(0, 1 - 4(1-v)), 0.999]
+  (0.95 -> [0.8, 0.999], 0.8 -> [0.2, 0.999]) on a log(1 - x) scale (`log1m`): 0.9 -> 0.99 is as far as 0.99 ->
+  0.999, as an averaging horizon 1/(1 - beta) says it is. On a linear scale a move of a fifth of [0.9, 0.999] takes a
+  beta at 0.98 to the end of the range, three units of log(1 - x) away. Measured on the `autoresearch` surface
+  (13xH100+3xH200, `auto`, no pruning), 0.975 reached within the run in 28/50 seeds against 15/50 on the linear
+  scale (seeds 0-9, 3 h: 4/10 against 7/10; seeds 10-29, 2.5 h: 10/20 against 3/20; seeds 30-49, 3 h: 14/20
+  against 5/20), median best at 2 h 0.97561 / 0.97612 / 0.97587 against 0.97512 / 0.97626 / 0.97686.
 - float named like a fraction (RATIO, FRAC, PROB, DROPOUT in the name) with 0 <= v <= 1: linear
   [max(0, v - s), min(1, v + s)] with s = max(0.25, v) (0.5 -> [0, 1], 0.0 -> [0, 0.25], 0.2 -> [0, 0.45]).
 - other float v > 0: log range [v/4, 4v]; v == 0: linear [0, 0.1]; v < 0: linear [4v, v/4].
@@ -63,7 +68,7 @@ from fleetlab.safe_expr import describe as _describe
 from fleetlab.safe_expr import is_number as _is_number
 from fleetlab.safe_expr import names_in as _names_in
 
-__all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS"]
+__all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS", "warp", "unwarp"]
 
 KINDS = ("float", "int", "pow2", "str", "bool")
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -72,7 +77,7 @@ _POW2_TEXT = re.compile(r"^(\s*2\s*\*\*\s*)(\(?\s*-?\s*\d+\s*\)?)\s*$")
 _NOT_SEARCHED = re.compile(r"(^|_)(SEED|TIME_BUDGET|EVAL)(_|$)")
 _BETA_NAME = re.compile(r"BETA|MOMENTUM")
 _FRACTION_NAME = re.compile(r"RATIO|FRAC|PROB|DROPOUT")
-_OVERRIDE_KEYS = ("low", "high", "log", "choices", "fixed")
+_OVERRIDE_KEYS = ("low", "high", "log", "log1m", "choices", "fixed")
 _SAMPLE_TRIES = 2000
 
 
@@ -83,7 +88,8 @@ _SAMPLE_TRIES = 2000
 @dataclass(frozen=True)
 class Knob:
     """One searchable constant. A knob with `choices` is categorical whatever its kind (kind says how it is written);
-    otherwise it ranges over [low, high], log-uniformly when `log`."""
+    otherwise it ranges over [low, high], log-uniformly when `log`, uniformly in log(1 - x) when `log1m` (betas and
+    momenta; high < 1)."""
 
     name: str                      # "MATRIX_LR", or "ADAM_BETAS[0]" for tuple elements
     value: Any                     # current value in the file
@@ -92,10 +98,12 @@ class Knob:
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+    log1m: bool = False
 
     def to_dict(self) -> dict:
         return {"name": self.name, "value": self.value, "kind": self.kind, "low": self.low, "high": self.high,
-                "log": self.log, "choices": list(self.choices) if self.choices is not None else None}
+                "log": self.log, "log1m": self.log1m,
+                "choices": list(self.choices) if self.choices is not None else None}
 
 
 @dataclass
@@ -262,13 +270,29 @@ def _bound_violation(knob: Knob, value: Any) -> str | None:
     return None
 
 
+def warp(knob: Knob, x: float) -> float:
+    """A numeric knob's value on the scale it is searched on: log x for `log`, -log(1 - x) for `log1m` (increasing,
+    like x), x itself otherwise."""
+    if knob.log and x > 0:
+        return math.log(x)
+    if knob.log1m and x < 1:
+        return -math.log1p(-x)
+    return float(x)
+
+
+def unwarp(knob: Knob, w: float) -> float:
+    """The inverse of `warp`."""
+    if knob.log:
+        return math.exp(w)
+    if knob.log1m:
+        return -math.expm1(-w)
+    return float(w)
+
+
 def _draw(knob: Knob, rng: random.Random) -> Any:
     if knob.choices is not None:
         return rng.choice(knob.choices)
-    if knob.log:
-        x = math.exp(rng.uniform(math.log(knob.low), math.log(knob.high)))
-    else:
-        x = rng.uniform(knob.low, knob.high)
+    x = unwarp(knob, rng.uniform(warp(knob, knob.low), warp(knob, knob.high)))
     return _finish(knob, x)
 
 
@@ -282,9 +306,9 @@ def _near(knob: Knob, value: Any, rng: random.Random, scale: float) -> Any:
         return rng.choice(others) if others and rng.random() < 0.15 * scale else value
     if scale <= 0:
         return value
-    if knob.log and value > 0:
-        width = math.log(knob.high) - math.log(knob.low)
-        x = math.exp(math.log(value) + rng.gauss(0.0, 0.15 * scale * width))
+    if (knob.log and value > 0) or (knob.log1m and value < 1):
+        width = warp(knob, knob.high) - warp(knob, knob.low)
+        x = unwarp(knob, warp(knob, value) + rng.gauss(0.0, 0.15 * scale * width))
     else:
         x = value + rng.gauss(0.0, 0.15 * scale * (knob.high - knob.low))
     return _finish(knob, x)
@@ -721,7 +745,7 @@ def _infer(name: str, value: Any) -> Knob:
     v = float(value)
     if 0 <= v < 1 and (_BETA_NAME.search(base) or v >= 0.8):
         return Knob(name, v, "float", low=_round_sig(max(0.0, 1 - 4 * (1 - v)), 6), high=max(0.999, _round_sig(
-            1 - (1 - v) / 4, 6)))
+            1 - (1 - v) / 4, 6)), log1m=True)
     if 0 <= v <= 1 and _FRACTION_NAME.search(base):
         s = max(0.25, v)
         return Knob(name, v, "float", low=_round_sig(max(0.0, v - s), 6), high=_round_sig(min(1.0, v + s), 6))
@@ -751,7 +775,7 @@ def _override(knob: Knob, spec: dict, key: str) -> Knob:
         if kind == "pow2" and any(c < 1 or c & (c - 1) for c in coerced):
             kind = "int"
         return Knob(knob.name, value, kind, choices=tuple(dict.fromkeys(coerced)))
-    if not any(k in spec for k in ("low", "high", "log")):
+    if not any(k in spec for k in ("low", "high", "log", "log1m")):
         return knob
     if knob.kind in ("str", "bool"):
         raise ConfigError(f"{key} gives a range to {knob.name}, which holds {type(value).__name__} values; "
@@ -768,6 +792,12 @@ def _override(knob: Knob, spec: dict, key: str) -> Knob:
     log = bool(spec.get("log", knob.log and low > 0))
     if log and low <= 0:
         raise ConfigError(f"{key} asks for a log range but low={low!r} is not positive", key=key)
+    # log(1 - x) likewise: inferred for betas, kept under an explicit range below 1 unless `log` or `log1m` says
+    log1m = bool(spec.get("log1m", knob.log1m and high < 1 and not log))
+    if log1m and (log or high >= 1 or knob.kind != "float"):
+        why = ("it also asks for a log range" if log else f"high={high!r} is not below 1" if high >= 1
+               else f"{knob.name} is not a float")
+        raise ConfigError(f"{key} asks for a log(1 - x) range but {why}", key=key)
     if knob.kind == "pow2":
         choices = tuple(2 ** k for k in range(0, 64) if low <= 2 ** k <= high)
         if not choices:
@@ -775,7 +805,7 @@ def _override(knob: Knob, spec: dict, key: str) -> Knob:
         return Knob(knob.name, value, "pow2", choices=choices)
     if knob.kind == "int":
         return Knob(knob.name, value, "int", low=int(math.ceil(low)), high=int(math.floor(high)), log=log)
-    return Knob(knob.name, value, "float", low=float(low), high=float(high), log=log)
+    return Knob(knob.name, value, "float", low=float(low), high=float(high), log=log, log1m=log1m)
 
 
 def _split_element(name: str) -> tuple[str, int | None]:

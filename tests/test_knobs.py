@@ -307,6 +307,7 @@ def test_infer_autoresearch_space():
     assert (k["UNEMBEDDING_LR"].low, k["UNEMBEDDING_LR"].high) == (0.001, 0.016)
     assert (k["SCALAR_LR"].low, k["SCALAR_LR"].high, k["SCALAR_LR"].log) == (0.125, 2.0, True)
     assert (k["ADAM_BETAS[1]"].low, k["ADAM_BETAS[1]"].high, k["ADAM_BETAS[1]"].log) == (0.8, 0.999, False)
+    assert k["ADAM_BETAS[1]"].log1m and k["ADAM_BETAS[0]"].log1m and not k["MATRIX_LR"].log1m
     assert (k["ADAM_BETAS[0]"].low, k["ADAM_BETAS[0]"].high) == (0.2, 0.999)
     assert (k["WARMDOWN_RATIO"].low, k["WARMDOWN_RATIO"].high, k["WARMDOWN_RATIO"].log) == (0.0, 1.0, False)
     assert (k["WARMUP_RATIO"].low, k["WARMUP_RATIO"].high) == (0.0, 0.25)
@@ -339,6 +340,35 @@ def test_zero_float_and_momentum():
     assert (k["ALPHA"].low, k["ALPHA"].high, k["ALPHA"].log) == (0.0, 0.1, False)
     assert (k["MOMENTUM"].low, k["MOMENTUM"].high) == (0.6, 0.999)
     assert (k["GAMMA"].low, k["GAMMA"].high) == (0.96, 0.999)
+
+
+def test_betas_are_searched_on_a_log_one_minus_scale():
+    """0.9 -> 0.99 is as far as 0.99 -> 0.999 (averaging horizons of 10, 100, 1000 steps): draws, neighbours and the
+    strategies' unit positions are uniform in log(1 - x), not in x."""
+    import math
+    import random
+
+    from fleetlab.strategies._results import from_unit, unit
+
+    space = infer_space("MUON_BETA2 = 0.95\nLR = 0.01\n",
+                        overrides={"MUON_BETA2": {"low": 0.9, "high": 0.999}})
+    k = space.knobs["MUON_BETA2"]
+    assert k.log1m and not k.log and (k.low, k.high) == (0.9, 0.999)
+    assert abs(unit(space, "MUON_BETA2", 0.99) - 0.5) < 1e-9 and abs(unit(space, "MUON_BETA2", 0.9)) < 1e-12
+    assert from_unit(space, "MUON_BETA2", 0.75) == 0.9968  # 1 - 10**-2.5, to 4 digits
+    rng = random.Random(0)
+    draws = [space.sample(rng)["MUON_BETA2"] for _ in range(3000)]
+    above = sum(x > 0.99 for x in draws) / len(draws)  # uniform in log(1 - x): half of the draws; linear: 1/11
+    assert 0.45 < above < 0.55
+    near = [space.sample(rng, around={"MUON_BETA2": 0.995, "LR": 0.01}, scale=0.3)["MUON_BETA2"] for _ in range(500)]
+    assert max(abs(math.log(1 - x) - math.log(0.005)) for x in near) < 3.0  # steps sized on the log(1 - x) axis
+    # an override may switch it off, and cannot ask for it where 1 - x is not positive or with a log range too
+    assert not infer_space("MUON_BETA2 = 0.95\n", overrides={"MUON_BETA2": {"log1m": False}}).knobs["MUON_BETA2"].log1m
+    assert not infer_space("MUON_BETA2 = 0.95\n", overrides={"MUON_BETA2": {"high": 1.0}}).knobs["MUON_BETA2"].log1m
+    with pytest.raises(ConfigError, match="not below 1"):
+        infer_space("MUON_BETA2 = 0.95\n", overrides={"MUON_BETA2": {"high": 1.0, "log1m": True}})
+    with pytest.raises(ConfigError, match="also asks for a log range"):
+        infer_space("MUON_BETA2 = 0.95\n", overrides={"MUON_BETA2": {"low": 0.5, "log": True, "log1m": True}})
 
 
 def test_overrides():

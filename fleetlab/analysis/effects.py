@@ -109,6 +109,8 @@ def estimate(experiments: Iterable[Experiment], goal: str = "minimize", space: A
         log = (knob is not None and knob.log) if knob is not None else (x.min() > 0 and x.max() / x.min() > 4)
         if log and x.min() > 0:
             x = np.log(x)
+        elif knob is not None and knob.log1m and x.max() < 1:
+            x = -np.log1p(-x)
         lo, hi = x.min(), x.max()
         columns[name] = 2 * (x - lo) / (hi - lo) - 1
         owner[name] = name

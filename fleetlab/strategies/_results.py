@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.experiment import Experiment, State
+from fleetlab.knobs import unwarp, warp
 
 
 @dataclass
@@ -80,15 +81,16 @@ def score(metric: float, goal: str) -> float:
 
 
 def unit(space, name: str, value: Any) -> float | None:
-    """The position of a numeric value in its knob's range, 0..1 (log scale for log ranges); None for categories."""
+    """The position of a numeric value in its knob's range, 0..1 (on its scale: log, log(1 - x)); None for
+    categories."""
     k = space.knobs[name]
     if k.choices is not None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     lo, hi, x = float(k.low), float(k.high), float(value)
     if hi <= lo:
         return 0.5
-    if k.log and lo > 0 and x > 0:
-        return (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    if (k.log and lo > 0 and x > 0) or (k.log1m and hi < 1 and x < 1):
+        return (warp(k, x) - warp(k, lo)) / (warp(k, hi) - warp(k, lo))
     return (x - lo) / (hi - lo)
 
 
@@ -97,7 +99,10 @@ def from_unit(space, name: str, u: float) -> Any:
     k = space.knobs[name]
     u = min(max(u, 0.0), 1.0)
     lo, hi = float(k.low), float(k.high)
-    x = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if k.log and lo > 0 else lo + u * (hi - lo)
+    if (k.log and lo > 0) or (k.log1m and hi < 1):
+        x = unwarp(k, warp(k, lo) + u * (warp(k, hi) - warp(k, lo)))
+    else:
+        x = lo + u * (hi - lo)
     if k.kind == "int":
         return space.clip(name, int(round(x)))
     x = float(f"{x:.4g}")

@@ -37,7 +37,9 @@ __all__ = ["OptunaStrategy", "OptunaGPStrategy", "distributions"]
 
 
 def distributions(space) -> dict[str, Any]:
-    """Optuna distributions of a knob Space: categorical for choices, int or float ranges (log where the knob is)."""
+    """Optuna distributions of a knob Space: categorical for choices, int or float ranges (log where the knob is).
+    A `log1m` knob (a beta) is a linear range here: Optuna has no log(1 - x) distribution, and trials told with values
+    on a warped axis would not be the values the store holds."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     out: dict[str, Any] = {}
