@@ -303,7 +303,8 @@ def cmd_knobs(a) -> int:
     for col in ("knob", "value", "kind", "range / choices"):
         t.add_column(col)
     for k in space.knobs.values():
-        rng = (", ".join(map(str, k.choices)) if k.choices else f"[{k.low:g}, {k.high:g}]{' log' if k.log else ' log(1-x)' if k.log1m else ''}")
+        scale = " log" if k.log else " log(1-x)" if k.log1m else ""
+        rng = ", ".join(map(str, k.choices)) if k.choices else f"[{k.low:g}, {k.high:g}]{scale}"
         t.add_row(k.name, str(k.value), k.kind, rng)
     c = _console()
     c.print(t)

@@ -68,7 +68,8 @@ from fleetlab.safe_expr import describe as _describe
 from fleetlab.safe_expr import is_number as _is_number
 from fleetlab.safe_expr import names_in as _names_in
 
-__all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS", "warp", "unwarp"]
+__all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS",
+           "warp", "unwarp"]
 
 KINDS = ("float", "int", "pow2", "str", "bool")
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")

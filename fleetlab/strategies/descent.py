@@ -240,7 +240,8 @@ class DescentStrategy(Strategy):
         self.wave.out.add(self._run)
         return Proposal(description=f"descent w{self.waves}: {len(change)} knobs ±{self.delta:g}", knobs=change,
                         strategy=self.name,
-                        meta={"descent": self.token, "design": "descent", "run": self._run, "wave": self.waves, "prune": False})
+                        meta={"descent": self.token, "design": "descent", "run": self._run, "wave": self.waves,
+                              "prune": False})
 
     # -- estimates ---------------------------------------------------------------------------------------------------
 
