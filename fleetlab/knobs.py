@@ -69,7 +69,7 @@ from fleetlab.safe_expr import is_number as _is_number
 from fleetlab.safe_expr import names_in as _names_in
 
 __all__ = ["Knob", "Space", "read_knobs", "read_constants", "apply_knobs", "infer_space", "format_value", "KINDS",
-           "warp", "unwarp"]
+           "warp", "unwarp", "warps"]
 
 KINDS = ("float", "int", "pow2", "str", "bool")
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -271,6 +271,16 @@ def _bound_violation(knob: Knob, value: Any) -> str | None:
     return None
 
 
+def warps(knob: Knob, *xs: float) -> bool:
+    """Whether the knob is searched on a warped axis (`log`, `log1m`) and its range and `xs` lie in that axis's
+    domain; otherwise positions and steps are linear in the value."""
+    if knob.log:
+        return all(x > 0 for x in (knob.low, *xs))
+    if knob.log1m:
+        return all(x < 1 for x in (knob.high, *xs))
+    return False
+
+
 def warp(knob: Knob, x: float) -> float:
     """A numeric knob's value on the scale it is searched on: log x for `log`, -log(1 - x) for `log1m` (increasing,
     like x), x itself otherwise."""
@@ -307,7 +317,7 @@ def _near(knob: Knob, value: Any, rng: random.Random, scale: float) -> Any:
         return rng.choice(others) if others and rng.random() < 0.15 * scale else value
     if scale <= 0:
         return value
-    if (knob.log and value > 0) or (knob.log1m and value < 1):
+    if warps(knob, value):
         width = warp(knob, knob.high) - warp(knob, knob.low)
         x = unwarp(knob, warp(knob, value) + rng.gauss(0.0, 0.15 * scale * width))
     else:

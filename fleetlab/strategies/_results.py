@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.experiment import Experiment, State
-from fleetlab.knobs import unwarp, warp
+from fleetlab.knobs import unwarp, warp, warps
 
 
 @dataclass
@@ -89,7 +89,7 @@ def unit(space, name: str, value: Any) -> float | None:
     lo, hi, x = float(k.low), float(k.high), float(value)
     if hi <= lo:
         return 0.5
-    if (k.log and lo > 0 and x > 0) or (k.log1m and hi < 1 and x < 1):
+    if warps(k, x):
         return (warp(k, x) - warp(k, lo)) / (warp(k, hi) - warp(k, lo))
     return (x - lo) / (hi - lo)
 
@@ -99,7 +99,7 @@ def from_unit(space, name: str, u: float) -> Any:
     k = space.knobs[name]
     u = min(max(u, 0.0), 1.0)
     lo, hi = float(k.low), float(k.high)
-    if (k.log and lo > 0) or (k.log1m and hi < 1):
+    if warps(k):
         x = unwarp(k, warp(k, lo) + u * (warp(k, hi) - warp(k, lo)))
     else:
         x = lo + u * (hi - lo)

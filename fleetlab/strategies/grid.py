@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from fleetlab.experiment import Experiment, Proposal
 from fleetlab.strategies._base import Context, Strategy
-from fleetlab.knobs import unwarp, warp
+from fleetlab.knobs import unwarp, warp, warps
 from fleetlab.strategies._results import config_key
 from fleetlab.strategies.simple import describe_change, parent_knobs
 
@@ -27,7 +27,7 @@ def grid_levels(space, name: str) -> list[Any]:
     if k.choices is not None:
         return list(k.choices)
     lo, hi = float(k.low), float(k.high)
-    mid = unwarp(k, (warp(k, lo) + warp(k, hi)) / 2) if (k.log and lo > 0) or (k.log1m and hi < 1) else (lo + hi) / 2
+    mid = unwarp(k, (warp(k, lo) + warp(k, hi)) / 2) if warps(k) else (lo + hi) / 2
     out = []
     for x in (lo, mid, hi):
         v = space.clip(name, int(round(x)) if k.kind == "int" else float(f"{x:.4g}"))
