@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetlab.errors import ConfigError
+from fleetlab.knobs import check_overrides
 
 CONFIG_NAME = "fleetlab.toml"
 STATE_DIR = ".fleetlab"
@@ -98,11 +99,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "price_in_per_mtok": (_FLOAT, 3.0),
         "price_out_per_mtok": (_FLOAT, 15.0),
     },
-    "knobs": {},  # free-form: UPPERCASE knob name -> {low, high, log} | {choices} | {fixed}; plus `constraints`
+    "knobs": {},  # free-form: checked by fleetlab.knobs.check_overrides (the one list of knob keys)
 }
-
-_KNOB_KEYS = {"low", "high", "log", "choices", "fixed"}
-
 
 @dataclass(frozen=True)
 class Project:
@@ -212,7 +210,7 @@ class Project:
             extras[name] = _regex(pat, f"metric.extra.{name}")
             if extras[name].groups < 1:
                 raise ConfigError(f"metric.extra.{name} needs one capture group", key=f"metric.extra.{name}")
-        knobs, constraints = _knob_overrides(raw.get("knobs", {}))
+        knobs, constraints = check_overrides(raw.get("knobs", {}))
         return cls(root=root, editable=tuple(p["editable"]), readonly=tuple(p["readonly"]), exclude=tuple(p["exclude"]),
                    setup=p["setup"], command=p["command"], time_budget_s=float(p["time_budget_s"]),
                    timeout_s=float(p["timeout_s"]), instructions=p["instructions"], metric=m["name"], goal=m["goal"],
@@ -285,30 +283,3 @@ def _check_relative(rel: str, key: str) -> None:
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts or rel.strip() == "":
         raise ConfigError(f"{key} entry {rel!r} must be a path inside the project", key=key)
-
-
-def _knob_overrides(table: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    knobs: dict[str, dict[str, Any]] = {}
-    constraints: list[str] = []
-    for name, spec in table.items():
-        if name == "constraints":
-            if not (isinstance(spec, list) and all(isinstance(c, str) for c in spec)):
-                raise ConfigError("knobs.constraints must be a list of expressions (strings)", key="knobs.constraints")
-            constraints = list(spec)
-            continue
-        if not isinstance(spec, dict):
-            raise ConfigError(f"knobs.{name} must be a table such as {{ low = 0.01, high = 0.1, log = true }}",
-                              key=f"knobs.{name}")
-        unknown = set(spec) - _KNOB_KEYS
-        if unknown:
-            raise ConfigError(f"unknown key knobs.{name}.{sorted(unknown)[0]}; knob keys are: "
-                              f"{', '.join(sorted(_KNOB_KEYS))}", key=f"knobs.{name}")
-        if "choices" in spec and not isinstance(spec["choices"], list):
-            raise ConfigError(f"knobs.{name}.choices must be a list", key=f"knobs.{name}.choices")
-        for b in ("low", "high"):
-            if b in spec and not _type_ok(_FLOAT, spec[b]):
-                raise ConfigError(f"knobs.{name}.{b} must be a number", key=f"knobs.{name}.{b}")
-        if "low" in spec and "high" in spec and spec["low"] > spec["high"]:
-            raise ConfigError(f"knobs.{name}.low is above knobs.{name}.high", key=f"knobs.{name}")
-        knobs[name] = dict(spec)
-    return knobs, constraints

@@ -598,3 +598,41 @@ def test_huge_expressions_cannot_hang_the_orchestrator():
     with pytest.raises(ConfigError) as e:
         infer_space(src, constraints=["DEPTH ** 10**6 > 0"])
     assert "too large" in one_sentence(e.value)
+
+
+# ---------------------------------------------------------------------------
+# fleetlab.toml's [knobs]: one list of keys, checked where the space is built
+
+
+def test_every_override_key_loads_from_fleetlab_toml(mlp_project: Path):
+    """The README's `[knobs] NAME = { low, high, log1m = true }` loads (project.py once kept its own shorter list)."""
+    from fleetlab.api import knob_space
+    from fleetlab.knobs import OVERRIDE_KEYS
+    from fleetlab.project import Project
+
+    toml = mlp_project / "fleetlab.toml"
+    toml.write_text(toml.read_text() + "\n[knobs]\nMOMENTUM = { low = 0.5, high = 0.99, log1m = true }\n"
+                    "LEARNING_RATE = { low = 0.001, high = 0.1, log = true }\nACTIVATION = { choices = ['relu', 'tanh'] }\n"
+                    "DEPTH = { fixed = true }\n")
+    assert {"low", "high", "log", "log1m", "choices", "fixed"} == set(OVERRIDE_KEYS)
+    space = knob_space(Project.load(mlp_project))
+    m = space.knobs["MOMENTUM"]
+    assert (m.low, m.high, m.log1m, m.log) == (0.5, 0.99, True, False)
+    assert space.knobs["LEARNING_RATE"].log and space.knobs["ACTIVATION"].choices == ("relu", "tanh")
+    assert "DEPTH" in space.fixed and "DEPTH" not in space.knobs
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("{ low = 0.5, high = 0.99, log1m = 'yes' }", "knobs.MOMENTUM.log1m must be true or false"),
+    ("{ low = 0.5, hihg = 0.99 }", "unknown setting 'hihg'"),
+    ("{ low = nan, high = 0.99 }", "knobs.MOMENTUM.low must be a finite number"),
+    ("{ low = 0.9, high = 0.5 }", "low <= high"),
+])
+def test_bad_override_in_fleetlab_toml_names_the_key(mlp_project: Path, spec: str, words: str):
+    from fleetlab.project import Project
+
+    toml = mlp_project / "fleetlab.toml"
+    toml.write_text(toml.read_text() + f"\n[knobs]\nMOMENTUM = {spec}\n")
+    with pytest.raises(ConfigError) as e:
+        Project.load(mlp_project)
+    assert e.value.key == "knobs.MOMENTUM" and words in one_sentence(e.value)
