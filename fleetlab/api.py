@@ -184,33 +184,28 @@ def wait(store: SQLiteStore, ids: list[str] | None = None, any_: bool = False, t
         time.sleep(poll)
 
 
+def facts(opened: Opened, tag: str | None = None):
+    """The session's derived figures (fleetlab.facts.Facts): what every surface shows."""
+    from fleetlab import facts as _facts
+
+    return _facts.compute(opened.project, opened.store, tag)
+
+
 def status(opened: Opened) -> dict[str, Any]:
+    """`status --json`: the facts of the latest session plus its live lists (running, queued) and session record."""
     store = opened.store
-    tag = current_tag(store)
-    sess = store.session(tag) if tag else None
-    exps = store.experiments(tag=tag) if tag else []
-    counts: dict[str, int] = {}
-    for e in exps:
-        counts[e.state.value] = counts.get(e.state.value, 0) + 1
-    inc_id = store.incumbent(tag) if tag else None
-    inc = store.get(inc_id) if inc_id else None
-    base = next((e for e in exps if e.role == "baseline" and e.metric is not None), None)
+    f = facts(opened)
     now = time.time()
+    exps = store.experiments(tag=f.tag) if f.tag else []
     running = [{"id": e.id, "worker": e.worker, "hardware": e.hardware, "elapsed_s": round(now - (e.started_at or now), 1),
-                "description": e.description} for e in exps if e.state is State.RUNNING]
-    return {"tag": tag, "session": sess, "counts": counts, "experiments": len(exps), "running": running,
-            "queued": [e.id for e in exps if e.state is State.QUEUED],
-            "incumbent": _brief(inc), "baseline": _brief(base), "metric": opened.project.metric,
-            "goal": opened.project.goal}
+                "description": e.description} for e in exps if e.state is State.RUNNING] if f.serving else []
+    queued = [e.id for e in store.experiments(states=[State.QUEUED])]
+    return {**f.to_dict(), "session": store.session(f.tag) if f.tag else None, "running": running, "queued": queued}
 
 
-def _brief(e: Experiment | None) -> dict[str, Any] | None:
-    if e is None:
-        return None
-    return {"id": e.id, "metric": e.metric, "description": e.description, "hardware": e.hardware}
-
-
-def experiment_record(e: Experiment, decision=None) -> dict[str, Any]:
+def experiment_record(e: Experiment, decision=None, row=None) -> dict[str, Any]:
+    """One experiment as `results --json`, `wait --json` and `show --json` print it; `row` (fleetlab.facts.Row) gives
+    the status and metric every surface shows (a pruned run's last observed value, `metric_observed` true)."""
     d = {"id": e.id, "tag": e.tag, "state": e.state.value, "metric": e.metric, "status": None,
          "description": e.description, "parent": e.parent, "strategy": e.strategy, "role": e.role,
          "knobs": e.knobs, "extras": e.extras, "worker": e.worker, "hardware": e.hardware, "seed": e.seed,
@@ -222,12 +217,21 @@ def experiment_record(e: Experiment, decision=None) -> dict[str, Any]:
         d["decision"] = {"status": decision.status, "reason": decision.reason, "numbers": decision.numbers}
     elif e.state.is_failure:
         d["status"] = "crash"
+    if row is not None:
+        d.update(status=row.status, metric=row.metric, metric_observed=row.metric_observed)
     return d
 
 
-def results(opened: Opened, tag: str | None = None) -> list[dict[str, Any]]:
+def records(opened: Opened, exps: list[Experiment]) -> list[dict[str, Any]]:
+    """`experiment_record` of each, with the status and metric of fleetlab.facts."""
+    from fleetlab.facts import rows
+
     decisions = opened.store.decisions()
-    return [experiment_record(e, decisions.get(e.id)) for e in opened.store.experiments(tag=tag)]
+    return [experiment_record(e, decisions.get(e.id), r) for e, r in zip(exps, rows(opened.store, None, exps))]
+
+
+def results(opened: Opened, tag: str | None = None) -> list[dict[str, Any]]:
+    return records(opened, opened.store.experiments(tag=tag))
 
 
 def fmt_metric(x: float | None) -> str:
@@ -236,32 +240,8 @@ def fmt_metric(x: float | None) -> str:
     return f"{x:.6f}"
 
 
-def session_accounting(opened: Opened, tag: str | None = None) -> dict[str, Any]:
-    """GPU-hours (held and busy), dollars, experiments per hour and time to best of a session, for reports."""
-    store = opened.store
-    tag = tag or current_tag(store)
-    sess = store.session(tag) if tag else None
-    exps = store.experiments(tag=tag) if tag else []
-    if not sess or not exps:
-        return {}
-    started = sess.get("started_at") or min(e.queued_at for e in exps)
-    ended = max((e.finished_at or e.queued_at) for e in exps)
-    hours = max(1e-9, (ended - started) / 3600)
-    finished = [e for e in exps if e.state.is_final]
-    inc_hist = store.incumbent_history(tag)
-    best_at = inc_hist[-1][1] if inc_hist else None
-    return {"session": tag, "wall_hours": round(hours, 4),
-            "worker_hours_held": round(float(sess.get("available_s", 0.0)) / 3600, 4),
-            "worker_hours_busy": round(float(sess.get("busy_s", 0.0)) / 3600, 4),
-            "cost_usd": round(float(sess.get("cost_usd", 0.0)), 2),
-            "experiments_per_hour": round(len(finished) / hours, 2),
-            "hours_to_best": round((best_at - started) / 3600, 4) if best_at else None}
-
-
-def build_report(opened: Opened, out_dir: Path | None = None) -> dict[str, Path]:
+def build_report(opened: Opened, out_dir: Path | None = None, tag: str | None = None) -> dict[str, Path]:
+    """progress.png and report.html of session `tag` (default: the latest) from its facts; {"png": .., "html": ..}."""
     from fleetlab.report import write_report
 
-    out_dir = out_dir or opened.project.state_dir / "report"
-    decisions = {k: d.status for k, d in opened.store.decisions().items()}
-    return write_report(opened.store.experiments(), decisions, out_dir, opened.project.metric, opened.project.goal,
-                        summary=session_accounting(opened))
+    return write_report(opened.project, opened.store, out_dir or opened.project.state_dir / "report", tag)

@@ -104,16 +104,11 @@ def _run_options(a):
 
 
 def _print_summary(console, opened, summary) -> None:
-    from fleetlab.api import fmt_metric
+    from fleetlab.facts import compute, headline
 
     p = opened.project
-    console.print(f"[bold]session {summary.tag}[/]: {summary.experiments} experiments "
-                  f"({', '.join(f'{n} {s}' for s, n in sorted(summary.states.items()))}); {summary.stop_reason}")
-    if summary.baseline_metric is not None:
-        console.print(f"baseline {p.metric} {fmt_metric(summary.baseline_metric)} -> best {fmt_metric(summary.best_metric)}"
-                      f" ({summary.incumbent})")
-    console.print(f"wall {summary.elapsed_s / 3600:.3f} h, worker-hours {summary.available_s / 3600:.3f} "
-                  f"(busy {summary.utilization:.0%}), cost ${summary.cost_usd:.2f}")
+    for line in headline(compute(p, opened.store, summary.tag)):
+        console.print(line, markup=False)
     console.print(f"results: {p.root / 'results.tsv'}; `fleetlab report -C {p.root}` for the plot")
 
 
@@ -130,7 +125,9 @@ def cmd_run(a) -> int:
                 print(p)
             return 0
         if a.json:
-            _print_json(out.__dict__ | {"utilization": out.utilization})
+            from fleetlab.facts import compute
+
+            _print_json(compute(opened.project, opened.store, out.tag).to_dict())
         else:
             _print_summary(console, opened, out)
         if out.stop_reason.startswith("no workers left"):
@@ -173,7 +170,7 @@ def cmd_wait(a) -> int:
 
 
 def cmd_status(a) -> int:
-    from fleetlab.api import fmt_metric, open_project, status
+    from fleetlab.api import open_project, status
 
     opened = open_project(a.C)
     try:
@@ -186,15 +183,11 @@ def cmd_status(a) -> int:
                 if a.watch:
                     c.clear()
                 sess = st["session"] or {}
-                c.print(f"[bold]session {st['tag'] or '-'}[/] ({sess.get('status', 'none')}"
-                        f"{': ' + sess['stop_reason'] if sess.get('stop_reason') else ''}); "
-                        f"{st['experiments']} experiments: "
-                        + ", ".join(f"{n} {s}" for s, n in sorted(st["counts"].items())))
-                if st["baseline"]:
-                    c.print(f"baseline {st['metric']} {fmt_metric(st['baseline']['metric'])}")
-                if st["incumbent"]:
-                    i = st["incumbent"]
-                    c.print(f"incumbent {i['id']} {st['metric']} {fmt_metric(i['metric'])}: {i['description']}")
+                from fleetlab.facts import compute, headline
+
+                c.print(f"session status: {sess.get('status', 'none')}")
+                for line in headline(compute(opened.project, opened.store, st["tag"])):
+                    c.print(line, markup=False)
                 for r in st["running"]:
                     c.print(f"  running {r['id']} on {r['worker']} ({r['hardware']}) {r['elapsed_s']:.0f} s: "
                             f"{r['description'][:60]}")
@@ -228,12 +221,16 @@ def cmd_results(a) -> int:
         from rich.table import Table
 
         t = Table(title=f"{opened.project.metric} ({opened.project.goal})")
-        for col in ("id", opened.project.metric, "status", "state", "hw", "strategy", "description"):
+        for col in ("id", opened.project.metric, "status", "role", "state", "hw", "strategy", "description"):
             t.add_column(col)
         for r in recs:
             color = {"keep": "green", "crash": "red"}.get(r["status"] or "", "")
-            t.add_row(r["id"], fmt_metric(r["metric"]), f"[{color}]{r['status'] or '-'}[/]" if color else
-                      (r["status"] or "-"), r["state"], r["hardware"] or "-", r["strategy"], r["description"][:70])
+            status = r["status"] or r["state"]  # queued / running / cancelled: no result yet
+            t.add_row(r["id"], fmt_metric(r["metric"]) + ("*" if r.get("metric_observed") else ""),
+                      f"[{color}]{status}[/]" if color else status, r["role"], r["state"], r["hardware"] or "-",
+                      r["strategy"], r["description"][:70])
+        if any(r.get("metric_observed") for r in recs):
+            t.caption = "* the last value a pruned run showed"
         _console().print(t)
         return 0
     finally:
@@ -320,6 +317,11 @@ def cmd_report(a) -> int:
     try:
         from fleetlab.api import build_report
 
+        if a.json:  # the facts alone: nothing is written
+            from fleetlab.api import facts
+
+            _print_json(facts(opened).to_dict())
+            return 0
         paths = build_report(opened, out_dir=Path(a.out) if a.out else None)
         for name, p in paths.items():
             print(f"{name}: {p}")
@@ -329,13 +331,17 @@ def cmd_report(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from fleetlab.api import open_project
+    from fleetlab.api import knob_space, open_project
 
     opened = open_project(a.C)
     try:
         from fleetlab.analysis.report import analyze, render_analysis
 
-        result = analyze(opened)
+        try:
+            space = knob_space(opened.project)
+        except Exception:  # a knob file the space cannot be inferred from: effects without ranges
+            space = None
+        result = analyze(opened.project, opened.store, space=space)
         if a.json:
             _print_json(result)
         else:
@@ -350,7 +356,8 @@ def cmd_quickstart(a) -> int:
 
     console = _console()
     return quickstart(Path(a.dir), minutes=a.minutes, fleet=a.fleet, template=a.template,
-                      on_event=_Printer(console, "val_bpb" if a.template == "gpt" else "val_loss"), say=console.print)
+                      on_event=_Printer(console, "val_bpb" if a.template == "gpt" else "val_loss"),
+                      say=lambda text: console.print(text, markup=False))
 
 
 def cmd_bench(a) -> int:
@@ -476,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("knobs", cmd_knobs, "the search space inferred from train.py and fleetlab.toml", json_=True)
 
-    sp = add("report", cmd_report, "progress.png and report.html")
+    sp = add("report", cmd_report, "progress.png and report.html; --json: the session's facts", json_=True)
     sp.add_argument("--out", help="output directory (default: .fleetlab/report)")
 
     add("analyze", cmd_analyze, "noise floor, hardware effects, main effects and interactions, cost", json_=True)

@@ -36,17 +36,21 @@ def _number(raw: str | None) -> float | None:
 
 
 DATA_LINE = re.compile(r"^fleetlab: data=(\S+)", re.M)
+# keys every run may print and every surface reads (training share, data repeats, throughput) without configuration
+STANDARD_KEYS = ("training_seconds", "epochs", "num_steps", "steps")
+STANDARD_PATTERNS = {k: re.compile(rf"^{k}:\s*([-+0-9.eE]+)\s*$", re.M) for k in STANDARD_KEYS}
 
 
 def parse_output(project: Project, text: str) -> tuple[float | None, dict[str, float | str]]:
-    """The metric (None if never printed; NaN if printed but not a finite number) and the extra metrics; a
-    `fleetlab: data=<fingerprint>` line (the data and tokenizer the run measured on) lands in extras["data"]."""
+    """The metric (None if never printed; NaN if printed but not a finite number) and the extra metrics: the
+    project's [metric.extra] patterns, the standard keys (training_seconds, epochs, num_steps, steps), and a
+    `fleetlab: data=<fingerprint>` line (the data and tokenizer the run measured on) in extras["data"]."""
     metric = _number(_last(project.metric_pattern, text))
     extras: dict[str, float | str] = {}
     data = _last(DATA_LINE, text)
     if data is not None:
         extras["data"] = data
-    for name, pat in project.extra_patterns.items():
+    for name, pat in {**STANDARD_PATTERNS, **project.extra_patterns}.items():
         raw = _last(pat, text)
         if raw is not None:
             try:

@@ -17,8 +17,9 @@ CPU_TIME_BUDGET_S = 30  # per experiment on a CPU: a 2-core laptop runs ~8 of th
 
 def quickstart(dest: Path, minutes: float = 5.0, fleet: str | None = None, template: str = "gpt",
                on_event: Callable[..., None] | None = None, say: Callable[[str], None] = print) -> int:
-    from fleetlab.api import build_report, fmt_metric, open_project
+    from fleetlab.api import build_report, open_project
     from fleetlab.errors import ConfigError
+    from fleetlab.facts import compute, headline
     from fleetlab.fleet.local import detect_gpus
     from fleetlab.session import RunOptions, run_session
     from fleetlab.templates import write_template
@@ -42,15 +43,12 @@ def quickstart(dest: Path, minutes: float = 5.0, fleet: str | None = None, templ
     try:
         summary = run_session(opened, RunOptions(fleet=fleet, max_hours=minutes / 60.0), on_event=on_event)
         paths = build_report(opened)
-        metric = opened.project.metric
         say("")
-        if summary.baseline_metric is not None:
-            gain = summary.baseline_metric - summary.best_metric if summary.best_metric is not None else 0.0
-            say(f"baseline {metric} {fmt_metric(summary.baseline_metric)} -> best {fmt_metric(summary.best_metric)} "
-                f"({summary.incumbent}, {gain:+.4f}) after {summary.experiments} experiments "
-                f"in {summary.elapsed_s / 60:.1f} min")
-        else:
+        f = compute(opened.project, opened.store, summary.tag)
+        if f.baseline is None:
             say(f"no baseline result yet ({summary.stop_reason}); run `fleetlab quickstart` again to continue")
+        for line in headline(f):
+            say(line)
         say(f"report: {paths['html']} (plot: {paths['png']})")
         say(f"results: {dest / 'results.tsv'}; keep going with: fleetlab run -C {dest}")
         return 0

@@ -63,6 +63,7 @@ def test_power_law_fit_and_rate():
 def test_stop_rule_says_why_in_diminishing_returns():
     class View:
         goal = "minimize"
+        keep_rule = None
 
         def __init__(self):
             self.inc = None
@@ -89,9 +90,9 @@ def test_stop_rule_says_why_in_diminishing_returns():
 def test_analyze_and_render_on_a_simulated_session(tmp_path):
     from fleetlab.analysis.report import analyze, render_analysis
     from fleetlab.analysis.validity import ValidityKeepRule
-    from fleetlab.api import Opened
     from fleetlab.bench.surfaces import NoisyBowl
     from fleetlab.clock import VirtualClock
+    from fleetlab.facts import compute
     from fleetlab.fleet.sim import SimExecutor
     from fleetlab.scheduler import Limits, Scheduler
     from fleetlab.store.sqlite import SQLiteStore
@@ -109,12 +110,16 @@ def test_analyze_and_render_on_a_simulated_session(tmp_path):
 
     sched.set_space(knob_space(project))
     sched.run()
-    a = analyze(Opened(project, store))
+    a = analyze(project, store, space=knob_space(project))
     assert set(a["noise"]["by_hardware"]) == {"H100", "H200"}
     assert a["hardware"]["reference"] == "H100" and "H200" in a["hardware"]["effects"]
     assert a["hardware"]["tiers"] == {"H100": "screen", "H200": "validate"}
-    assert a["recommendation"]["incumbent"] and a["cost"]["worker_hours_held"] > 0
+    assert a["recommendation"]["incumbent"] and a["cost"]["gpu_hours"] > 0
+    f = compute(project, store, "t")  # analyze speaks the facts' figures, with the goal's sign
+    assert a["recommendation"]["gain"] == f.to_dict()["gain"] and a["experiments"] == f.experiments
     text = render_analysis(a)
     for words in ("Noise floor", "Hardware effects", "Main effects", "Recommendation", "GPU-hours"):
         assert words in text
+    if not f.incumbent["is_baseline"]:
+        assert f"{abs(f.gain['abs']):.6g} {'better' if f.gain['abs'] > 0 else 'worse'}" in text
     store.close()

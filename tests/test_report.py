@@ -1,64 +1,165 @@
-"""Reports: progress.png and report.html are produced and well-formed for full, failing, maximizing and empty sessions."""
+"""Facts, reports and results.tsv on real stores: one definition of the baseline, the validated incumbent, the gain
+(positive is better for either goal) and the counts; progress.png and report.html well-formed and saying the same."""
 
 from __future__ import annotations
 
 import base64
-import re
 import struct
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
-from fleetlab.experiment import Experiment, State, format_id
-from fleetlab.report import summarize, write_report
+from fleetlab.experiment import Decision, Experiment, State
+from fleetlab.facts import compute, rows
+from fleetlab.project import Project
+from fleetlab.report import plot_points, write_report
+from fleetlab.store.sqlite import SQLiteStore
+from fleetlab.store.tsv import rows as tsv_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
+T0 = 1_000_000.0
 
 
-def exp(n: int, state: State, metric: float | None = None, desc: str = "", role: str = "explore") -> Experiment:
-    return Experiment(id=format_id(n), tag="t", description=desc or f"variant {n}", state=state, metric=metric,
-                      role=role, hardware="cpu")
+def make(tmp_path: Path, spec: list[tuple], goal: str = "minimize", session: bool = True) -> tuple[Project, SQLiteStore]:
+    """A real project and store holding `spec`: (state, metric, description, role, code, decision[, observed]) rows,
+    one experiment each in that order; `code` names the content hash; a `keep` decision moves the incumbent."""
+    d = tmp_path / "proj"
+    d.mkdir()
+    (d / "fleetlab.toml").write_text(
+        '[project]\neditable = ["train.py"]\ncommand = "python train.py"\n'
+        f'[metric]\nname = "val_loss"\ngoal = "{goal}"\npattern = \'^val_loss:\\s*(\\S+)\'\n')
+    (d / "train.py").write_text("print('val_loss: 1.0')\n")
+    project = Project.load(d)
+    store = SQLiteStore(project.db_path)
+    if session:
+        store.save_session("t", started_at=T0, updated_at=T0 + 3600, status="finished", stop_reason="done",
+                           busy_s=6000.0, available_s=7200.0, cost_usd=4.5, workers=2)
+    for i, (state, metric, desc, role, code, decision, *observed) in enumerate(spec):
+        e = store.add_experiment(Experiment(id="", tag="t", description=desc, state=State.QUEUED, role=role,
+                                            content_hash=code, queued_at=T0 + i))
+        if state is not State.QUEUED:
+            store.mark_running(e.id, f"w{i % 2}", "cpu", T0 + 10 * i, {})
+        for step, x in enumerate(observed[0] if observed else []):
+            store.add_observation(e.id, step, x, float(step))
+        if state.is_final:
+            store.finish(e.id, state, metric=metric, finished_at=T0 + 10 * i + 8,
+                         extras={"training_seconds": 6.0, "epochs": 3.0 if "repeats" in desc else 0.5})
+        if decision:
+            store.add_decision(e.id, Decision(decision), T0 + 10 * i + 9)
+            if decision == "keep":
+                store.set_incumbent("t", e.id, T0 + 10 * i + 9)
+    return project, store
 
 
-def session() -> tuple[list[Experiment], dict[str, str]]:
-    """A small minimize session: baseline, discards, three keeps, an off-scale outlier, failures, one pending, one running."""
-    exps = [
-        exp(1, State.DONE, 0.0650, "baseline", role="baseline"),
-        exp(2, State.DONE, 0.0660),
-        exp(3, State.DONE, 0.0560, "LEARNING_RATE 0.01 -> 0.03"),
-        exp(4, State.CRASH, None, "DEPTH 3 (shape bug)"),
-        exp(5, State.DONE, 2.3683, "LEARNING_RATE 1.0 (dead relus)"),
-        exp(6, State.NAN, None, "LEARNING_RATE 1e3"),
-        exp(7, State.DONE, 0.0490, "LEARNING_RATE 0.1"),
-        exp(8, State.TIMEOUT, None, "sleep forever"),
-        exp(9, State.DONE, 0.0500),
-        exp(10, State.DONE, 0.0479, "INIT_SCALE 0.3 <b>bold</b>"),
-        exp(11, State.DONE, 0.0485, "pending validation"),
-        exp(12, State.RUNNING),
-    ]
-    decisions = {"exp-0001": "keep", "exp-0002": "discard", "exp-0003": "keep", "exp-0004": "crash",
-                 "exp-0005": "discard", "exp-0006": "crash", "exp-0007": "keep", "exp-0008": "crash",
-                 "exp-0009": "discard", "exp-0010": "keep", "exp-0011": "pending"}
-    return exps, decisions
+D, CRASH, PRUNED, RUNNING, QUEUED = State.DONE, State.CRASH, State.PRUNED, State.RUNNING, State.QUEUED
+SESSION = [
+    (D, 0.0650, "baseline", "baseline", "B", "keep"),
+    (D, 0.0640, "baseline replicate", "replicate", "B", "discard"),
+    (D, 0.0660, "baseline replicate", "replicate", "B", "discard"),
+    (D, 0.0700, "LR 0.02", "explore", "x1", "discard"),
+    (CRASH, None, "DEPTH 3 (shape bug)", "explore", "x2", "crash"),
+    (D, 0.0500, "LR 0.1 <b>bold</b>", "explore", "K", "keep"),           # screening run of the keep
+    (D, 0.0560, "validation of exp-0006", "validate", "K", "discard"),
+    (D, 0.0540, "validation of exp-0006", "validate", "K", "discard"),
+    (PRUNED, None, "HIDDEN 8", "explore", "x3", "discard", [0.09, 0.081]),
+    (D, 0.0530, "repeats data", "explore", "x4", "pending"),
+    (State.CANCELLED, None, "stopped at the end", "explore", "x5", "discard"),
+    (QUEUED, None, "submitted later", "explore", "x6", None),
+]
 
 
-class _Balance(HTMLParser):
-    """Checks that every non-void tag is closed in order."""
+def test_facts_have_one_definition_of_each_figure(tmp_path):
+    project, store = make(tmp_path, SESSION)
+    f = compute(project, store)
+    assert f.tag == "t" and f.serving is False
+    b, i, g = f.baseline, f.incumbent, f.gain
+    assert b["id"] == "exp-0001" and b["n"] == 3 and b["mean"] == pytest.approx(0.065)
+    assert b["sd"] == pytest.approx(0.001) and b["ci"][0] < 0.065 < b["ci"][1]
+    # the incumbent's mean is over its validation runs: its own screening run (0.050) was picked for looking good
+    assert i["id"] == "exp-0006" and i["n"] == 2 and i["mean"] == pytest.approx(0.055) and i["validated"]
+    assert g["abs"] == pytest.approx(0.010) and g["pct"] == pytest.approx(100 * 0.010 / 0.065)
+    assert g["ci"][0] < g["abs"] < g["ci"][1]
+    assert f.confirmed_gain is None
+    # counts: finished = a final state but cancelled; the baseline is no keep; nothing in flight after the end
+    assert f.experiments == 10
+    c = f.counts
+    assert c["by_decision"] == {"baseline": 1, "keep": 1, "discard": 6, "crash": 1, "pending": 1}
+    assert c["by_state"] == {"done": 8, "crash": 1, "pruned": 1}
+    assert c["by_role"] == {"baseline": 1, "replicate": 2, "explore": 5, "validate": 2}
+    assert c["cancelled"] == 1 and c["queued"] == 1 and c["running"] == 0 and f.queue_depth == 1
+    assert f.idle_workers is None and f.workers == 2
+    assert f.utilization == pytest.approx(6000 / 7200) and f.gpu_hours == pytest.approx(2.0)
+    assert f.cost_usd == 4.5 and f.experiments_per_hour == pytest.approx(10 / f.wall_hours)
+    assert f.training_share == pytest.approx(6.0 / 8.0)
+    assert any("more than once" in w and "exp-0010" in w for w in f.warnings)
+
+
+def test_gain_is_positive_when_better_for_either_goal(tmp_path):
+    spec = [(D, 0.90, "baseline", "baseline", "B", "keep"), (D, 0.92, "base", "replicate", "B", "discard"),
+            (D, 0.95, "wider", "explore", "K", "keep"), (D, 0.94, "val", "validate", "K", "discard"),
+            (D, 0.96, "val", "validate", "K", "discard")]
+    project, store = make(tmp_path, spec, goal="maximize")
+    f = compute(project, store)
+    assert f.gain["abs"] == pytest.approx(0.95 - 0.91) and f.gain["pct"] > 0
+    text = Path(write_report(project, store, tmp_path / "r")["html"]).read_text()
+    assert "4.40% better than the baseline" in text or "+4.40%" in text
+
+
+def test_results_tsv_is_autoresearchs(tmp_path):
+    project, store = make(tmp_path, SESSION)
+    table = tsv_rows(project, store)
+    header, body = table[0], {r[0]: dict(zip(table[0], r)) for r in table[1:]}
+    assert header[:5] == ["experiment_id", "val_loss", "memory_gb", "status", "description"]
+    assert len(body) == 10  # finished only: no queued, running or cancelled rows
+    assert {r["status"] for r in body.values()} == {"keep", "discard", "crash"}
+    assert [k for k, r in body.items() if r["val_loss"] == "0.000000"] == ["exp-0005"]  # crashes only
+    pruned = body["exp-0009"]
+    assert (pruned["status"], pruned["state"], pruned["val_loss"]) == ("discard", "pruned", "0.081000")
+    # the kept code's own measurement runs are the keep's, and say what they are
+    assert [(body[k]["status"], body[k]["role"]) for k in ("exp-0007", "exp-0008")] == [("keep", "validate")] * 2
+    assert (body["exp-0002"]["status"], body["exp-0002"]["role"]) == ("keep", "replicate")
+    assert (body["exp-0010"]["status"], body["exp-0010"]["decision"]) == ("discard", "pending")
+
+
+def test_plot_draws_measurements_and_pruned_runs_as_such(tmp_path):
+    project, store = make(tmp_path, SESSION)
+    kinds = {p["id"]: (p["kind"], p["metric"]) for p in plot_points(rows(store, "t"))}
+    assert kinds["exp-0001"][0] == "keep" and kinds["exp-0006"][0] == "keep"
+    assert {kinds[k][0] for k in ("exp-0002", "exp-0003", "exp-0007", "exp-0008")} == {"measure"}
+    assert kinds["exp-0009"] == ("pruned", pytest.approx(0.081))
+    assert kinds["exp-0005"] == ("crash", None) and kinds["exp-0010"][0] == "pending"
+    assert "exp-0011" not in kinds and "exp-0012" not in kinds
+
+
+class _Page(HTMLParser):
+    """Checks that every non-void tag is closed in order and collects the data-fact figures."""
 
     def __init__(self):
         super().__init__()
         self.stack: list[str] = []
         self.errors: list[str] = []
         self.img_src = ""
+        self.facts: dict[str, str] = {}
+        self._fact: str | None = None
 
     def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
         if tag == "img":
-            self.img_src = dict(attrs).get("src", "")
+            self.img_src = a.get("src", "")
+        if "data-fact" in a:
+            self._fact = a["data-fact"]
+            self.facts[self._fact] = ""
         if tag not in VOID:
             self.stack.append(tag)
 
+    def handle_data(self, data):
+        if self._fact:
+            self.facts[self._fact] += data
+
     def handle_endtag(self, tag):
+        self._fact = None
         if not self.stack or self.stack[-1] != tag:
             self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
         else:
@@ -73,100 +174,77 @@ def check_png(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def check_html(text: str) -> _Balance:
+def read_page(text: str) -> _Page:
     assert text.startswith("<!DOCTYPE html>")
-    parser = _Balance()
-    parser.feed(text)
-    parser.close()
-    assert parser.errors == [] and parser.stack == []
-    assert parser.img_src.startswith("data:image/png;base64,")
-    check_png(base64.b64decode(parser.img_src.split(",", 1)[1]))
-    return parser
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert page.errors == [] and page.stack == []
+    assert page.img_src.startswith("data:image/png;base64,")
+    check_png(base64.b64decode(page.img_src.split(",", 1)[1]))
+    return page
 
 
-def test_full_session(tmp_path):
-    exps, decisions = session()
-    paths = write_report(exps, decisions, tmp_path / "report", "val_loss", "minimize",
-                         summary={"gpu_hours": 0.0183, "dollars": 0.04, "experiments_per_hour": 655.2,
-                                  "time_to_best_s": 41.0})
-    assert set(paths) == {"png", "html"}
-    assert paths["png"].name == "progress.png" and paths["html"].name == "report.html"
+def html_facts_agree(page: _Page, facts: dict) -> int:
+    """Every figure the page marks with data-fact equals the facts' value (at the digits shown); returns how many."""
+    for key, shown in page.facts.items():
+        value = facts
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        if value is None:
+            assert shown in ("-", "None"), (key, shown)
+        elif isinstance(value, (int, str)) and not isinstance(value, bool):
+            assert shown == str(value), (key, shown, value)
+        else:  # a float, written with one of the report's formats
+            shown_formats = {format(value, spec) for spec in (".6g", "+.6g", ".4g", ".3g", ".2f", "+.2f", ".3f",
+                                                              ".4f")}
+            assert shown.rstrip("%") in shown_formats, (key, shown, value)
+    return len(page.facts)
+
+
+def test_report_says_what_the_facts_say(tmp_path):
+    project, store = make(tmp_path, SESSION)
+    paths = write_report(project, store, tmp_path / "report")
+    assert set(paths) == {"png", "html"} and paths["png"].name == "progress.png"
     check_png(paths["png"].read_bytes())
     text = paths["html"].read_text()
-    check_html(text)
-    assert "exp-0010" in text and "0.0479" in text  # the best
-    assert "exp-0001" in text and "0.065" in text  # the baseline
-    assert "gpu hours" in text and "0.0183" in text and "time to best s" in text
+    page = read_page(text)
+    assert html_facts_agree(page, compute(project, store).to_dict()) >= 25
+    assert page.facts["incumbent.mean"] == "0.055" and page.facts["baseline.n"] == "3"
     assert "&lt;b&gt;bold&lt;/b&gt;" in text and "<b>bold" not in text  # descriptions are escaped
+    assert "more than once" in text  # the data-repeat warning
     assert not list((tmp_path / "report").glob(".*.tmp"))  # written whole, then moved
 
 
-def test_summary_numbers():
-    exps, decisions = session()
-    stats = summarize(exps, decisions, "minimize")
-    assert stats["experiments"] == 12 and stats["in_flight"] == 1 and stats["finished"] == 11
-    assert stats["kept"] == 4 and stats["pending"] == 1 and stats["discarded"] == 3
-    assert stats["failed"] == 3 and stats["failures_by_state"] == {"crash": 1, "nan": 1, "timeout": 1}
-    assert stats["baseline_id"] == "exp-0001" and stats["baseline"] == pytest.approx(0.065)
-    assert stats["best_id"] == "exp-0010" and stats["best"] == pytest.approx(0.0479)
-    assert stats["improvement"] == pytest.approx(0.0171)
-    assert stats["improvement_pct"] == pytest.approx(100 * 0.0171 / 0.065)
-
-
-def test_baseline_is_the_mean_of_baseline_replicates():
-    exps = [exp(1, State.DONE, 1.0, role="baseline"), exp(2, State.DONE, 1.2, role="baseline"),
-            exp(3, State.DONE, 0.9)]
-    stats = summarize(exps, {"exp-0003": "keep"}, "minimize")
-    assert stats["baseline"] == pytest.approx(1.1) and stats["baseline_n"] == 2
-    assert stats["improvement"] == pytest.approx(0.2)
-
-
-def test_no_crashes(tmp_path):
-    exps, decisions = session()
-    ok = [e for e in exps if not e.state.is_failure]
-    paths = write_report(ok, decisions, tmp_path, "val_loss", "minimize")
-    check_png(paths["png"].read_bytes())
-    text = paths["html"].read_text()
-    check_html(text)
-    assert "exp-0010" in text
-
-
-def test_maximize_and_undecided_experiments(tmp_path):
-    exps = [exp(1, State.DONE, 0.90, role="baseline"), exp(2, State.DONE, 0.93, "wider"),
-            exp(3, State.DONE, 0.91), exp(4, State.NO_METRIC)]
-    paths = write_report(exps, {"exp-0001": "keep", "exp-0002": "keep"}, tmp_path, "accuracy", "maximize")
-    text = paths["html"].read_text()
-    check_html(text)
-    assert "exp-0002" in text and "+3.33%" in text
-    stats = summarize(exps, {"exp-0001": "keep", "exp-0002": "keep"}, "maximize")
-    assert stats["failed"] == 1 and stats["discarded"] == 1  # undecided: inferred from the state
-
-
-@pytest.mark.parametrize("case", ["empty", "only_failures", "only_running", "no_keep"])
+@pytest.mark.parametrize("case", ["no_session", "only_failures", "only_queued", "no_keep"])
 def test_nothing_to_report_yet(tmp_path, case):
-    exps = {
-        "empty": [],
-        "only_failures": [exp(1, State.CRASH), exp(2, State.TIMEOUT)],
-        "only_running": [exp(1, State.RUNNING), exp(2, State.QUEUED)],
-        "no_keep": [exp(1, State.DONE, 0.5, role="baseline")],
+    spec = {
+        "no_session": [],
+        "only_failures": [(CRASH, None, "baseline", "baseline", "B", "crash"), (State.TIMEOUT, None, "x", "explore",
+                                                                                 "x", "crash")],
+        "only_queued": [(QUEUED, None, "baseline", "baseline", "B", None)],
+        "no_keep": [(D, 0.5, "baseline", "baseline", "B", "keep"), (D, 0.6, "worse", "explore", "x", "discard")],
     }[case]
-    paths = write_report(exps, {}, tmp_path / case, "val_bpb", "minimize")
-    check_png(paths["png"].read_bytes())
-    text = paths["html"].read_text()
-    check_html(text)
-    assert "No experiment has been kept yet" in text or case == "no_keep" and "no keep yet" in text
-    if case == "empty":
-        assert "No experiments yet" in text
-
-
-def test_bad_goal_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="goal"):
-        write_report([], {}, tmp_path, "val_loss", "lower")
+    project, store = make(tmp_path, spec, session=case != "no_session")
+    f = compute(project, store)
+    paths = write_report(project, store, tmp_path / case)
+    page = read_page(paths["html"].read_text())
+    html_facts_agree(page, f.to_dict())
+    if case == "no_keep":
+        assert f.gain == {"abs": 0.0, "pct": 0.0, "ci": None} and f.incumbent["is_baseline"]
+        assert f.counts["by_decision"] == {"baseline": 1, "discard": 1}
+    else:
+        assert f.baseline is None and f.gain is None
 
 
 def test_report_is_rewritten_in_place(tmp_path):
-    exps, decisions = session()
-    first = write_report(exps[:3], decisions, tmp_path, "val_loss", "minimize")
-    second = write_report(exps, decisions, tmp_path, "val_loss", "minimize")
+    project, store = make(tmp_path, SESSION[:3])
+    first = write_report(project, store, tmp_path / "r")
+    for i, row in enumerate(SESSION[3:6]):
+        e = store.add_experiment(Experiment(id="", tag="t", description=row[2], state=State.QUEUED,
+                                            content_hash=row[4], queued_at=T0 + 100 + i))
+        store.mark_running(e.id, "w0", "cpu", T0 + 100 + i, {})
+        store.finish(e.id, row[0], metric=row[1], finished_at=T0 + 101 + i)
+    second = write_report(project, store, tmp_path / "r")
     assert first == second
-    assert re.search(r"12 experiments", second["html"].read_text())
+    assert read_page(second["html"].read_text()).facts["experiments"] == "6"

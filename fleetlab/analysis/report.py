@@ -2,8 +2,9 @@
 
 Noise floor per hardware class with its 95 % interval, hardware effects (OLS with a fixed effect per variant) and
 tiers, main effects / two-way interactions / parameter importance (fleetlab.analysis.effects), the keep rule's
-verdicts (kept, screening false positives, pending), the current recommendation, and the cost of getting there:
-GPU-hours held and busy, dollars, experiments per hour and time to best next to wall-clock.
+verdicts (kept, screening false positives, pending), code edits no knob captures, the current recommendation, and the
+cost of getting there. Baseline, incumbent, gain, counts and cost are fleetlab.facts's; every change is said as
+better or worse for the goal (a gain is positive when better), never as a bare signed difference.
 """
 
 from __future__ import annotations
@@ -13,24 +14,21 @@ from typing import Any
 
 from fleetlab.analysis.hardware import hardware_effects, rank_classes
 from fleetlab.analysis.noise import noise_floor
-from fleetlab.experiment import State
 
 __all__ = ["analyze", "render_analysis"]
 
 
-def analyze(opened: Any, tag: str | None = None) -> dict[str, Any]:
-    """Everything `fleetlab analyze --json` prints, for the current session's tag (or `tag`)."""
-    from fleetlab.api import current_tag, knob_space, session_accounting
+def analyze(project: Any, store: Any, tag: str | None = None, space: Any = None) -> dict[str, Any]:
+    """Everything `fleetlab analyze --json` prints for session `tag` (default: the latest). `space` is the knob
+    space (None: effects without ranges). Baseline, incumbent, gain, counts and cost are fleetlab.facts's."""
+    from fleetlab.facts import compute
 
-    project, store = opened.project, opened.store
-    tag = tag or current_tag(store)
-    exps = store.experiments(tag=tag) if tag else []
+    f = compute(project, store, tag)
+    exps = store.experiments(tag=f.tag) if f.tag else []
     decisions = store.decisions()
     goal = project.goal
-    out: dict[str, Any] = {"session": tag, "metric": project.metric, "goal": goal, "experiments": len(exps),
-                           "states": {}}
-    for e in exps:
-        out["states"][e.state.value] = out["states"].get(e.state.value, 0) + 1
+    out: dict[str, Any] = {"session": f.tag, "metric": project.metric, "goal": goal, "experiments": f.experiments,
+                           "counts": f.counts}
     out["noise"] = noise_floor(exps)
     hw = hardware_effects(exps)
     classes = rank_classes(experiments=exps)
@@ -41,20 +39,45 @@ def analyze(opened: Any, tag: str | None = None) -> dict[str, Any]:
         hw["tiers"] = {c: ("validate" if c == classes[-1] or len(classes) == 1 else "screen") for c in classes}
     hw["classes_slowest_first"] = classes
     out["hardware"] = hw
-    try:
-        from fleetlab.analysis.effects import estimate
+    from fleetlab.analysis.effects import estimate
 
-        try:
-            space = knob_space(project)
-        except Exception:  # a knob file the space cannot be inferred from: effects without ranges
-            space = None
-        out["effects"] = estimate(exps, goal, space=space).to_dict()
-    except ImportError:
-        out["effects"] = {"note": "fleetlab.analysis.effects is not installed"}
+    out["effects"] = estimate(exps, goal, space=space).to_dict()
+    out["code_edits"] = _code_edits(exps, f.baseline, goal)
     out["verdicts"] = _verdicts(exps, decisions)
-    out["recommendation"] = _recommendation(store, tag, exps, decisions)
-    out["cost"] = session_accounting(opened, tag) if tag else {}
+    out["recommendation"] = _recommendation(f, exps, decisions)
+    out["cost"] = {k: getattr(f, k) for k in ("wall_hours", "gpu_hours", "gpu_hours_busy", "cost_usd",
+                                               "experiments_per_hour", "hours_to_best", "utilization",
+                                               "training_share")}
+    out["warnings"] = list(f.warnings)
     return out
+
+
+def _code_edits(exps, baseline, goal) -> list[dict[str, Any]]:
+    """Variants whose code differs from their parent's while their knobs do not (edits the knob regression cannot
+    see), each with its arm's gain over the baseline (positive is better)."""
+    from fleetlab.facts import arm_stats, gain_between, is_finished
+
+    if baseline is None:
+        return []
+    by_id = {e.id: e for e in exps}
+    arms: dict[str, list] = {}
+    for e in exps:
+        if is_finished(e):
+            arms.setdefault(e.content_hash or e.id, []).append(e)
+    out = []
+    for key, arm in arms.items():
+        head = arm[0]
+        parent = by_id.get(head.parent or "")
+        if key == baseline["content_hash"] or parent is None or head.knobs != parent.knobs:
+            continue
+        st = arm_stats(arm)
+        if st is None:
+            continue
+        g = gain_between(goal, baseline, st)
+        out.append({"id": head.id, "description": head.description, "n": st["n"], "mean": st["mean"],
+                    "gain": g["abs"], "pct": g["pct"], "ci": g["ci"],
+                    "lines_added": head.lines_added, "lines_removed": head.lines_removed})
+    return sorted(out, key=lambda r: -r["gain"])
 
 
 def _verdicts(exps, decisions) -> dict[str, Any]:
@@ -76,24 +99,22 @@ def _verdicts(exps, decisions) -> dict[str, Any]:
     return counts
 
 
-def _recommendation(store, tag, exps, decisions) -> dict[str, Any]:
-    inc_id = store.incumbent(tag) if tag else None
-    if inc_id is None:
-        return {"incumbent": None, "text": "no experiment has been kept yet"}
-    inc = store.get(inc_id)
-    base = next((e for e in exps if e.role == "baseline" and e.state is State.DONE), None)
-    d = decisions.get(inc_id)
+def _recommendation(f, exps, decisions) -> dict[str, Any]:
+    inc, base = f.incumbent, f.baseline
+    if inc is None or inc["is_baseline"]:
+        return {"incumbent": inc["id"] if inc else None, "text": "no variant has been kept yet: keep the baseline"}
+    by_id = {e.id: e for e in exps}
+    inc_exp, base_exp = by_id.get(inc["id"]), by_id.get(base["id"]) if base else None
+    d = decisions.get(inc["id"])
     nums = dict(d.numbers) if d and d.numbers else {}
-    changed = {k: v for k, v in inc.knobs.items() if base is None or base.knobs.get(k) != v}
-    rec = {"incumbent": inc_id, "description": inc.description, "metric": inc.metric,
-           "validated_mean": nums.get("mean"), "validated_n": nums.get("n"), "p": nums.get("p"),
-           "reason": d.reason if d else "", "changed_knobs": changed,
-           "baseline": base.id if base else None, "baseline_metric": base.metric if base else None}
-    best = rec["validated_mean"] if rec["validated_mean"] is not None else inc.metric
-    if base is not None and base.metric is not None and best is not None:
-        rec["gain_vs_baseline"] = base.metric - best
-    rec["text"] = (f"use {inc_id} ({inc.description})" + (f": validated mean {best:.6g} over {rec['validated_n']} runs"
-                                                          if rec["validated_mean"] is not None else ""))
+    changed = {k: v for k, v in (inc_exp.knobs if inc_exp else {}).items()
+               if base_exp is None or base_exp.knobs.get(k) != v}
+    rec = {"incumbent": inc["id"], "description": inc["description"], "mean": inc["mean"], "n": inc["n"],
+           "ci": inc["ci"], "validated": inc["validated"], "p": nums.get("p"), "reason": d.reason if d else "",
+           "changed_knobs": changed, "baseline": base["id"] if base else None,
+           "baseline_mean": base["mean"] if base else None, "gain": f.gain, "confirmed_gain": f.confirmed_gain}
+    rec["text"] = (f"use {inc['id']} ({inc['description']}): mean {inc['mean']:.6g} over {inc['n']} runs"
+                   + ("" if inc["validated"] else " (not validated)"))
     return rec
 
 
@@ -109,10 +130,24 @@ def _f(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def _bw(gain: float | None, digits: int = 4) -> str:
+    """A goal-aware change in words: '0.0123 better' / '0.0123 worse' (positive gain is better)."""
+    if gain is None or (isinstance(gain, float) and math.isnan(gain)):
+        return "-"
+    return f"{abs(gain):.{digits}g} {'better' if gain > 0 else 'worse' if gain < 0 else 'no change'}"
+
+
+def _term(t: dict[str, Any]) -> str:
+    return f"  {t['name']:28s} high level {_bw(t['gain']):18s} p {_f(t['p_value'], 2)}"
+
+
 def render_analysis(a: dict[str, Any]) -> str:
-    lines = [f"session {a.get('session') or '-'}: {a.get('experiments', 0)} experiments "
-             f"({', '.join(f'{n} {s}' for s, n in sorted(a.get('states', {}).items())) or 'none'}); "
-             f"{a.get('metric')} ({a.get('goal')})", ""]
+    counts = a.get("counts") or {}
+    dec = counts.get("by_decision", {})
+    better = "lower" if a.get("goal") == "minimize" else "higher"
+    lines = [f"session {a.get('session') or '-'}: {a.get('experiments', 0)} experiments finished "
+             f"({', '.join(f'{n} {s}' for s, n in sorted(dec.items())) or 'none'}); "
+             f"{a.get('metric')} ({better} is better)", ""]
     noise = a.get("noise", {})
     lines.append("Noise floor (σ from replicates, 95% interval)")
     rows = noise.get("by_hardware", {})
@@ -124,8 +159,8 @@ def render_analysis(a: dict[str, Any]) -> str:
     if p.get("df"):
         lines.append(f"  {'pooled':10s} σ {_f(p['sigma'])}  [{_f(p['low'])}, {_f(p['high'])}]  df {p['df']}")
     hw = a.get("hardware", {})
-    lines += ["", f"Hardware effects (vs {hw.get('reference') or '-'}, the slowest class; {hw.get('method', '')} over "
-                  f"{hw.get('variants', 0)} configs run on several classes)"]
+    lines += ["", f"Hardware effects (metric shift vs {hw.get('reference') or '-'}, the slowest class; "
+                  f"{hw.get('method', '')} over {hw.get('variants', 0)} configs run on several classes)"]
     if not hw.get("effects"):
         lines.append("  none measured (one hardware class, or no config ran on two)")
     for name, e in hw.get("effects", {}).items():
@@ -134,18 +169,24 @@ def render_analysis(a: dict[str, Any]) -> str:
     if hw.get("tiers"):
         lines.append("  tiers: " + ", ".join(f"{k} {v}" for k, v in hw["tiers"].items()))
     eff = a.get("effects", {})
-    lines += ["", "Main effects (metric change low -> high level; gain > 0 is better)"]
+    lines += ["", "Main effects (each knob's high level against its low level, better or worse for the goal)"]
     if not eff.get("main"):
         lines.append(f"  {eff.get('note') or 'none'}")
     for t in sorted(eff.get("main", []), key=lambda t: -abs(t["effect"]))[:12]:
-        lines.append(f"  {t['name']:28s} {t['effect']:+.5f}  p {_f(t['p_value'], 2)}")
+        lines.append(_term(t))
     if eff.get("interactions"):
         lines.append("Two-way interactions")
         for t in sorted(eff["interactions"], key=lambda t: -abs(t["effect"]))[:8]:
-            lines.append(f"  {t['name']:28s} {t['effect']:+.5f}  p {_f(t['p_value'], 2)}")
+            lines.append(_term(t))
     if eff.get("importance"):
         lines.append("Parameter importance: " + ", ".join(
             f"{k} {v:.0%}" for k, v in sorted(eff["importance"].items(), key=lambda kv: -kv[1])[:8]))
+    edits = a.get("code_edits") or []
+    if edits:
+        lines += ["", "Code edits (changes no knob captures, each arm against the baseline)"]
+        for r in edits[:12]:
+            lines.append(f"  {r['id']}  {_bw(r['gain']):18s} n {r['n']}  +{r['lines_added']}/-{r['lines_removed']} "
+                         f"lines  {r['description'][:60]}")
     v = a.get("verdicts", {})
     lines += ["", f"Verdicts: {v.get('kept', 0)} kept, {v.get('promoted', 0)} validated, "
                   f"{v.get('screening_false_positives', 0)} screening false positives, {v.get('pending', 0)} pending, "
@@ -154,11 +195,20 @@ def render_analysis(a: dict[str, Any]) -> str:
     lines += ["", f"Recommendation: {r.get('text', '-')}"]
     if r.get("changed_knobs"):
         lines.append("  knobs: " + ", ".join(f"{k}={_f(x)}" for k, x in r["changed_knobs"].items()))
-    if r.get("gain_vs_baseline") is not None:
-        lines.append(f"  gain vs the baseline {r.get('baseline')}: {r['gain_vs_baseline']:+.5g}")
+    g = r.get("gain")
+    if g:
+        pct = f" ({abs(g['pct']):.2f}%)" if g.get("pct") is not None else ""
+        lines.append(f"  {_bw(g['abs'], 6)}{pct} than the baseline {r.get('baseline')}'s mean "
+                     f"{_f(r.get('baseline_mean'), 6)}")
+    cg = r.get("confirmed_gain")
+    if cg:
+        lines.append(f"  confirmed by paired re-runs: {_bw(cg['abs'], 6)} (n {cg['baseline_n']}+{cg['incumbent_n']})")
     c = a.get("cost", {})
     if c:
-        lines += ["", f"Cost: {c.get('wall_hours')} h wall-clock, {c.get('worker_hours_held')} GPU-hours held "
-                      f"({c.get('worker_hours_busy')} busy), ${c.get('cost_usd')}, {c.get('experiments_per_hour')} "
-                      f"experiments/hour, best after {_f(c.get('hours_to_best'))} h"]
+        lines += ["", f"Cost: {_f(c.get('wall_hours'))} h wall-clock, {_f(c.get('gpu_hours'))} GPU-hours held "
+                      f"({_f(c.get('gpu_hours_busy'))} busy), ${_f(c.get('cost_usd'))}, "
+                      f"{_f(c.get('experiments_per_hour'))} experiments/hour, incumbent after "
+                      f"{_f(c.get('hours_to_best'))} h"]
+    for w in a.get("warnings") or []:
+        lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -1,8 +1,11 @@
-"""progress.png: every experiment a grey dot in submission order, the kept ones green with a best-so-far step line.
+"""progress.png: every experiment a dot in submission order and the incumbent as a green step line.
 
-Drawn the way autoresearch's progress plot is (kept experiments labelled with their description), plus failures as red
-crosses on the bottom edge and off-scale results as grey triangles on the top edge, so one diverged run cannot flatten
-the whole picture. matplotlib is imported here only, and only the object API is used (no pyplot, no global backend).
+Drawn the way autoresearch's progress plot is (grey dots, a green best-so-far line labelled with the kept changes),
+with what validation adds made visible: the line is each incumbent's validated mean (not its lucky screening run),
+with the noise floor as a band around it; replicates and validation runs are blue diamonds, not discards; pruned runs
+sit at the last value they showed; failures are red crosses on the bottom edge and off-scale results grey triangles
+on the worse edge, so one diverged run cannot flatten the whole picture. matplotlib is imported here only, and only
+the object API is used (no pyplot, no global backend).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-GREY, GREEN, RED, AMBER = "#9e9e9e", "#2ca02c", "#d62728", "#ff9f1c"
+GREY, GREEN, RED, AMBER, BLUE = "#9e9e9e", "#2ca02c", "#d62728", "#ff9f1c", "#1f77b4"
 LABEL_CHARS = 42  # kept experiments' descriptions are cut to this length on the plot
 MAX_LABELS = 16   # label at most this many new bests (the largest steps), so a long session stays readable
 
@@ -47,10 +50,20 @@ def _ylimits(values: list[float], anchors: list[float], goal: str) -> tuple[floa
     return lo - pad, hi + pad
 
 
-def plot_progress(points: list[dict[str, Any]], path: Path, metric: str, goal: str, title: str) -> Path:
-    """Write the progress plot to `path` (PNG, written whole then moved into place).
+def _path_xy(path: list[dict[str, Any]], last_x: float) -> tuple[list[float], list[float]]:
+    """The incumbent's validated mean as a step line: each incumbent from its own experiment number on."""
+    xs = [p["number"] for p in path]
+    ys = [p["mean"] for p in path]
+    return xs + [max(last_x, xs[-1])], ys + [ys[-1]]
 
-    Each point: number (x), metric (float or None), status (keep/discard/crash/pending), failed (bool), description.
+
+def plot_progress(points: list[dict[str, Any]], path: list[dict[str, Any]], sigma: float | None, out: Path,
+                  metric: str, goal: str, title: str) -> Path:
+    """Write the progress plot to `out` (PNG, written whole then moved into place).
+
+    `points` come from fleetlab.report.plot_points (number, metric, kind, description); `path` is
+    fleetlab.facts.incumbent_path (the green line: each incumbent's validated mean); `sigma` the noise floor, drawn
+    as a band of ±σ around the line.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -61,60 +74,58 @@ def plot_progress(points: list[dict[str, Any]], path: Path, metric: str, goal: s
     ax = fig.add_subplot(1, 1, 1)
     ax.set_xlabel("experiment #")
     ax.set_ylabel(f"{metric} ({'lower' if goal == 'minimize' else 'higher'} is better)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.25)
 
-    scored = [p for p in points if p["metric"] is not None and math.isfinite(p["metric"]) and not p["failed"]]
-    failed = [p for p in points if p["failed"]]
-    kept = [p for p in scored if p["status"] == "keep"]
-    pending = [p for p in scored if p["status"] == "pending"]
-    others = [p for p in scored if p["status"] not in ("keep", "pending")]
+    def of(kind):
+        return [p for p in points if p["kind"] == kind]
 
+    scored = [p for p in points if p["metric"] is not None and math.isfinite(p["metric"])]
+    failed = of("crash")
     if not scored:
         ax.text(0.5, 0.5, "no finished experiments yet" if not failed else "no experiment has produced a metric yet",
                 ha="center", va="center", transform=ax.transAxes, fontsize=13, color="#555555")
         ax.set_yticks([])
     else:
         values = [p["metric"] for p in scored]
-        anchors = [p["metric"] for p in kept] or [scored[0]["metric"]]
+        anchors = [p["mean"] for p in path] or [scored[0]["metric"]]
+        if sigma and path:
+            anchors += [anchors[0] + sigma, anchors[-1] - sigma]
         lo, hi = _ylimits(values, anchors, goal)
         ax.set_ylim(lo, hi)
+        last_x = max(p["number"] for p in points)
 
-        def inside(ps):
-            return [p for p in ps if lo <= p["metric"] <= hi]
+        def draw(ps, label, **style):
+            inside = [p for p in ps if lo <= p["metric"] <= hi]
+            if inside:
+                ax.scatter([p["number"] for p in inside], [p["metric"] for p in inside], label=label, **style)
 
-        def outside(ps):
-            return [p for p in ps if not lo <= p["metric"] <= hi]
-
-        ax.scatter([p["number"] for p in inside(others)], [p["metric"] for p in inside(others)],
-                   s=18, c=GREY, alpha=0.6, zorder=2, label="discarded")
-        off = outside(others + pending)
+        draw(of("discard"), "discarded", s=18, c=GREY, alpha=0.6, zorder=2)
+        draw(of("pruned"), "pruned (last value seen)", s=22, facecolors="none", edgecolors=GREY, linewidths=1.0,
+             zorder=2)
+        draw(of("measure"), "replicates / validation runs", s=28, marker="D", c=BLUE, alpha=0.7, zorder=3)
+        draw(of("pending"), "awaiting validation", s=40, facecolors="none", edgecolors=AMBER, linewidths=1.4,
+             zorder=3)
+        draw(of("keep"), "kept (screening run)", s=55, c=GREEN, edgecolors="black", linewidths=0.6, zorder=4)
+        off = [p for p in scored if not lo <= p["metric"] <= hi]
         if off:  # on the worse edge, in axes units
             edge = 0.97 if goal == "minimize" else 0.03
             ax.scatter([p["number"] for p in off], [edge] * len(off), marker="^" if goal == "minimize" else "v",
                        s=26, c=GREY, alpha=0.8, transform=ax.get_xaxis_transform(), zorder=2, label="off scale")
-        if pending:
-            ax.scatter([p["number"] for p in inside(pending)], [p["metric"] for p in inside(pending)],
-                       s=40, facecolors="none", edgecolors=AMBER, linewidths=1.4, zorder=3, label="pending")
-        if kept:
-            ax.scatter([p["number"] for p in kept], [p["metric"] for p in kept], s=55, c=GREEN,
-                       edgecolors="black", linewidths=0.6, zorder=4, label="kept")
-            xs, ys, best, new_bests = [], [], None, []
-            for p in kept:  # the incumbent only moves on a keep: a step line through the best kept so far
-                if best is None or (p["metric"] < best if goal == "minimize" else p["metric"] > best):
-                    best = p["metric"]
-                    new_bests.append(p)
-                xs.append(p["number"])
-                ys.append(best)
-            last_x = max(p["number"] for p in points)
-            ax.step(xs + [last_x], ys + [ys[-1]], where="post", color=GREEN, linewidth=2, alpha=0.8, zorder=3,
-                    label="best so far")
-            x_lo, x_hi = min(p["number"] for p in points), last_x
-            for p in _label_choice(new_bests):
+        if path:
+            xs, ys = _path_xy(path, last_x)
+            if sigma:
+                ax.fill_between(xs, [y - sigma for y in ys], [y + sigma for y in ys], step="post", color=GREEN,
+                                alpha=0.12, linewidth=0, zorder=1, label=f"noise floor (±σ = {sigma:.3g})")
+            ax.step(xs, ys, where="post", color=GREEN, linewidth=2, alpha=0.85, zorder=3,
+                    label="incumbent (validated mean)")
+            x_lo = min(p["number"] for p in points)
+            for p in _label_choice([{**q, "metric": q["mean"]} for q in path[1:]]):
                 # labels lean away from the curve; in the right third they end at the point instead of starting there
-                right = x_hi > x_lo and (p["number"] - x_lo) / (x_hi - x_lo) > 0.66
+                right = last_x > x_lo and (p["number"] - x_lo) / (last_x - x_lo) > 0.66
                 up = 1 if goal == "minimize" else -1
-                ax.annotate(_short(p["description"]), (p["number"], p["metric"]), textcoords="offset points",
+                desc = next((q["description"] for q in points if q["id"] == p["id"]), p["id"])
+                ax.annotate(_short(desc), (p["number"], p["metric"]), textcoords="offset points",
                             xytext=(-5 if right else 5, 5 * up), fontsize=7, color="#1b5e20",
                             rotation=(-25 if right else 25) * up, rotation_mode="anchor",
                             ha="right" if right else "left", va="bottom" if up > 0 else "top", zorder=5)
@@ -131,8 +142,8 @@ def plot_progress(points: list[dict[str, Any]], path: Path, metric: str, goal: s
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
     fig.tight_layout()
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
     fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    os.replace(tmp, out)
+    return out
