@@ -58,9 +58,9 @@ def prepare_module():
 
 @pytest.fixture(scope="module")
 def offline_caches(tmp_path_factory):
-    """The offline corpus prepared twice, into two separate caches, with a small BPE vocabulary."""
+    """The offline corpus (its first 8 MB) prepared twice, into two separate caches, with a small BPE vocabulary."""
     caches = [tmp_path_factory.mktemp(f"offline-{name}") for name in ("a", "b")]
-    procs = [subprocess.Popen(prepare_cmd("--source", "offline", "--vocab-size", "512"), env=run_env(cache),
+    procs = [subprocess.Popen(prepare_cmd("--source", "offline", "--vocab-size", "512", "--max-mb", "8"), env=run_env(cache),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cache in caches]
     for proc in procs:  # two at once: one core each
         out, _ = proc.communicate(timeout=180)
@@ -87,6 +87,10 @@ def summary(log: str) -> dict[str, float]:
 def test_offline_corpus_is_byte_identical_across_two_prepares(offline_caches):
     a, b = (tree_bytes(c) for c in offline_caches)
     assert {"manifest.json", "tokenizer.pkl", "data/val.parquet", "data/train_00000.parquet"} <= set(a)
+    stores = {name.split("/")[0] for name in a if name.startswith("tokens-")}
+    assert len(stores) == 1
+    store = stores.pop()
+    assert {f"{store}/{split}.{ext}" for split in ("train", "val") for ext in ("bin", "idx.npy")} <= set(a)
     assert a == b
     manifest = __import__("json").loads(a["manifest.json"])
     assert manifest["source"] == "offline" and manifest["val"] == ["val.parquet"]
@@ -95,7 +99,18 @@ def test_offline_corpus_is_byte_identical_across_two_prepares(offline_caches):
     val = pq.read_table(io.BytesIO(a["data/val.parquet"])).column("text").to_pylist()
     train = pq.read_table(io.BytesIO(a["data/train_00000.parquet"])).column("text").to_pylist()
     assert len(val) > 20 and len(train) > 10 * len(val)
-    assert len(set(val) & set(train)) < 0.05 * len(val)  # files are pinned to one split (a few chunks recur verbatim)
+    assert not set(val) & set(train)  # files are pinned to one split, and a document that recurs is kept once
+    assert len(train) == len(set(train))
+
+
+def test_offline_source_takes_the_whole_python_environment(prepare_module):
+    named = prepare_module.offline_files()
+    names = [name for name, _ in named]
+    assert len(names) == len(set(names))
+    assert "stdlib/json/decoder.py" in names and "site-packages/torch/nn/modules/linear.py" in names
+    assert any(name.endswith(".pyi") for name in names) and any(name.endswith(".h") for name in names)
+    assert not any("__pycache__" in name or name.endswith((".so", ".pyc")) for name in names)
+    assert prepare_module.offline_max_bytes(0) is None and prepare_module.offline_max_bytes(8) == 8_000_000
 
 
 class _ShardServer(http.server.BaseHTTPRequestHandler):
@@ -178,8 +193,66 @@ def test_climbmix_download_against_a_local_server(tmp_path, shard_server, prepar
 
 
 # ---------------------------------------------------------------------------
-# Runtime: dataloader and the metric
+# Runtime: token store, dataloader and the metric
 # ---------------------------------------------------------------------------
+
+
+def _small_corpus(root: Path, prepare_module, n: int = 300) -> list[str]:
+    rng = random.Random(1)
+    docs = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta", "é", "日本"]) for _ in range(rng.randint(1, 60)))
+            for _ in range(n)]
+    prepare_module.write_corpus(root, "test", docs, docs[: n // 10])
+    return docs
+
+
+def test_token_store_round_trips_every_document(tmp_path, prepare_module):
+    docs = _small_corpus(tmp_path, prepare_module)
+    tok = prepare_module.Tokenizer.byte_level()
+    tokens, offsets = prepare_module.load_tokens(tmp_path, tok, "train")
+    assert isinstance(tokens, __import__("numpy").memmap) and tokens.dtype.name == "uint16"
+    assert len(offsets) == len(docs) + 1 and offsets[0] == 0 and offsets[-1] == len(tokens)
+    for i, doc in enumerate(docs):
+        piece = tokens[offsets[i]:offsets[i + 1]].tolist()
+        assert piece == [tok.get_bos_token_id()] + tok.encode(doc)
+        assert tok.decode(piece[1:]) == doc
+    # stored once: a second load memory-maps the same files; a changed corpus is tokenised again
+    store = prepare_module.token_dir(tmp_path, tok)
+    stamp = (store / "train.bin").stat().st_mtime_ns
+    assert prepare_module.load_tokens(tmp_path, tok, "train")[1].tolist() == offsets.tolist()
+    assert (store / "train.bin").stat().st_mtime_ns == stamp
+    prepare_module.write_corpus(tmp_path, "test", docs[:5], docs[:1])
+    assert len(prepare_module.load_tokens(tmp_path, tok, "train")[1]) == 6
+
+
+def test_prefetching_loader_yields_the_synchronous_batches(tmp_path, prepare_module):
+    _small_corpus(tmp_path, prepare_module)
+    tok = prepare_module.Tokenizer.byte_level()
+    total = int(prepare_module.load_tokens(tmp_path, tok, "train")[1][-1])
+    sync = prepare_module.make_dataloader(tok, 3, 50, "train", directory=tmp_path, buffer_size=20, prefetch=0)
+    ahead = prepare_module.make_dataloader(tok, 3, 50, "train", directory=tmp_path, buffer_size=20, prefetch=2)
+    for i in range(1, 400):  # far past one epoch: the stream wraps around identically
+        (xs, ys, es), (xa, ya, ea) = next(sync), next(ahead)
+        assert torch.equal(xs, xa) and torch.equal(ys, ya) and xs.dtype == torch.long and xs.is_contiguous()
+        assert es == ea == pytest.approx(i * 3 * 51 / total)  # epochs: tokens placed in rows / tokens in the split
+    assert ea > 1
+    ahead.close()  # stops the background thread
+
+
+def test_validation_rows_do_not_depend_on_the_batch_size(tmp_path, prepare_module):
+    import numpy as np
+
+    _small_corpus(tmp_path, prepare_module, n=3000)
+    tok = prepare_module.Tokenizer.byte_level()
+    first, n = prepare_module.validation_rows(tok, 32, 32 * 40, multiple=1, directory=tmp_path)
+    assert n == 40 and first.shape == (40, 33)
+    for multiple in (3, 7, 16, 64):
+        rows, m = prepare_module.validation_rows(tok, 32, 32 * 40, multiple=multiple, directory=tmp_path)
+        assert m == n and len(rows) % multiple == 0 and np.array_equal(rows[:n], first)
+    # a request past the split's end is cut where the split runs out, never repeating a document
+    rows, n = prepare_module.validation_rows(tok, 32, 32 * 10**6, multiple=8, directory=tmp_path)
+    tokens, offsets = prepare_module.load_tokens(tmp_path, tok, "val")
+    assert 0 < n < 10**6 and n * 33 <= len(tokens)
+    assert np.array_equal(rows[:40], first)
 
 
 def test_packing_dataloader_rows_start_with_bos_and_hold_no_padding(tmp_path, prepare_module):
@@ -341,8 +414,11 @@ def test_cpu_training_learns_with_time(tmp_path, offline_caches, prepare_module)
     s, l = summary(logs["short"]), summary(logs["long"])
     for result in (s, l):
         assert set(result) >= {"val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                               "total_tokens_M", "num_steps", "num_params_M", "depth"}
+                               "total_tokens_M", "num_steps", "num_params_M", "depth", "epochs", "eval_seconds"}
         assert math.isfinite(result["val_bpb"]) and 0 < result["val_bpb"] < 12
+        assert 0 < result["epochs"] < 1  # 8 MB of text is not seen twice in 20 s on a CPU
+        assert result["training_seconds"] < result["total_seconds"]
+    assert l["epochs"] > s["epochs"]
     assert 20 <= l["training_seconds"] < 30 and l["num_steps"] > 2 * s["num_steps"]
     print(f"\nval_bpb after {s['training_seconds']}s: {s['val_bpb']:.4f}; after {l['training_seconds']}s: {l['val_bpb']:.4f}")
     assert l["val_bpb"] < s["val_bpb"] - 0.3, (s["val_bpb"], l["val_bpb"])

@@ -11,6 +11,10 @@ Usage (the project's `setup` step, run once per worker, never per experiment):
 
 Data and tokenizer go to $FLEETLAB_CACHE, else ~/.cache/fleetlab/gpt/<source>-<vocab>; runs find the last
 prepared directory through ~/.cache/fleetlab/gpt/last_prepared unless FLEETLAB_CACHE says where it is.
+
+The text is tokenised once, here (and again only for another vocabulary): tokens-<id>/{train,val}.bin hold every
+document as [BOS, tokens...] back to back (uint16, or uint32 past 65,536 ids), {split}.idx.npy the documents' start
+offsets. Runs memory-map these and pack rows with numpy on a background thread, so the GPU never waits on text.
 """
 
 import argparse
@@ -22,10 +26,15 @@ import json
 import math
 import os
 import pickle
+import queue
 import sys
 import sysconfig
+import threading
 import time
+from bisect import bisect_right, insort
 from pathlib import Path
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +52,7 @@ SMALL_TIME_BUDGET = 60      # default training budget on CPU / MPS, seconds
 SMALL_EVAL_TOKENS = 2**15   # validation tokens on CPU / MPS
 
 VOCAB_SIZE = 8192           # default BPE vocabulary, special tokens included
+SMALL_VOCAB_SIZE = 2048     # the vocabulary train.py takes on CPU / MPS (the BPE's first merges); tokenised in advance
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
 # GPT-4 style split pattern with \p{N}{1,2} instead of {1,3}
@@ -59,6 +69,17 @@ CLIMBMIX_VAL_SHARD = CLIMBMIX_MAX_SHARD   # pinned validation shard
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "val": "TinyStoriesV2-GPT4-valid.txt"}
 VAL_EVERY = 20              # local sources: a file is validation when sha256(path) % VAL_EVERY == 0 (pinned by name)
 DOCS_PER_SHARD = 50_000
+
+# The offline source: every text and source file of this Python (standard library + site-packages), in a fixed
+# pseudo-random order of their paths. On a machine without CUDA it stops at OFFLINE_CPU_MAX_MB: a CPU-scale run reads
+# about a million tokens a minute, and tokenising the whole environment (~600 MB on a torch install) takes minutes
+# there. `--max-mb` overrides (0 = everything).
+OFFLINE_EXTENSIONS = {".py", ".pyi", ".pyx", ".pxd", ".pxi", ".c", ".h", ".cc", ".cpp", ".hpp", ".cu", ".cuh", ".rs",
+                      ".js", ".ts", ".md", ".rst", ".txt", ".toml", ".cfg", ".ini", ".json", ".yaml", ".yml", ".sh"}
+OFFLINE_MAX_FILE_BYTES = 2_000_000   # larger files are data dumps (JSON tables, vendored bundles), not prose or code
+OFFLINE_CPU_MAX_MB = 48
+TOKENIZER_MAX_CHARS = 200_000_000   # BPE merges for an 8192 vocabulary settle long before this much text
+PACKING = "bestfit-v2"             # part of the data fingerprint: the packer decides which tokens the metric scores
 
 # ---------------------------------------------------------------------------
 # Where the prepared data lives
@@ -149,7 +170,7 @@ def data_fingerprint(directory=None):
     (a worker whose Python has another standard library builds another offline corpus, and would not match)."""
     directory = cache_dir() if directory is None else Path(directory)
     tok = directory / "tokenizer.pkl"
-    parts = [read_manifest(directory)["corpus_sha256"], sha256_file(tok) if tok.exists() else "no-tokenizer-file"]
+    parts = [read_manifest(directory)["corpus_sha256"], sha256_file(tok) if tok.exists() else "no-tokenizer-file", PACKING]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
@@ -181,16 +202,27 @@ def is_val_path(rel):
     return _digest(rel) % VAL_EVERY == 0
 
 
-def local_corpus(directory, source, paths, root):
-    """Turn files (sorted by relative path, undecodable ones skipped) into a train/val corpus. Validation is pinned by
-    file path; with too few files for that, by (path, document number)."""
-    rels = sorted((Path(os.path.relpath(os.path.abspath(p), root)).as_posix(), Path(p)) for p in paths)
-    files = []
-    for rel, path in rels:
+def local_corpus(directory, source, named, max_bytes=None):
+    """Turn (relative name, path) pairs into a train/val corpus. Files go in sha256(name) order, a fixed shuffle that
+    mixes packages (training sees them interleaved, and a byte cap samples all of them); undecodable files are
+    skipped and a document seen before is dropped (vendored copies, licences). Validation is pinned by file name; with
+    too few files for that, by (name, document number)."""
+    files, seen, nbytes = [], set(), 0
+    for rel, path in sorted(named, key=lambda item: (_digest(item[0]), item[0])):
+        if max_bytes is not None and nbytes >= max_bytes:
+            break
         try:
-            files.append((rel, split_documents(path.read_text(encoding="utf-8"))))
+            text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
+        docs = []
+        for doc in split_documents(text):
+            key = hashlib.sha1(doc.encode()).digest()
+            if key not in seen:
+                seen.add(key)
+                docs.append(doc)
+        nbytes += len(text)
+        files.append((rel, docs))
     split = {True: [], False: []}
     for rel, docs in files:
         split[is_val_path(rel)].extend(docs)
@@ -201,19 +233,45 @@ def local_corpus(directory, source, paths, root):
     train, val = split[False], split[True]
     if not train or not val:
         sys.exit(f"Data: {len(files)} readable file(s) hold too little text for a train/validation split.")
-    print(f"Data: {len(files)} files -> {len(train):,} train / {len(val):,} validation documents")
+    capped = f" (capped at {max_bytes / 1e6:.0f} MB)" if max_bytes is not None and nbytes >= max_bytes else ""
+    print(f"Data: {len(files)} files, {nbytes / 1e6:.1f} MB{capped} -> {len(train):,} train / {len(val):,} validation documents")
     write_corpus(directory, source, train, val)
 
 
 def offline_files():
-    """The Python standard library's own .py files (tests and site-packages left out): text every machine has."""
-    root = Path(os.path.abspath(sysconfig.get_paths()["stdlib"]))
-    skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-    paths = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in skip]  # prune: site-packages can be far larger than the stdlib
-        paths += [Path(folder) / f for f in files if f.endswith(".py")]
-    return paths, root
+    """(name, path) of every text/source file of this Python: the standard library as stdlib/..., the environment's
+    site-packages as site-packages/... (names do not depend on where the interpreter lives)."""
+    paths = sysconfig.get_paths()
+    roots = [("stdlib", paths["stdlib"])] + [("site-packages", paths[k]) for k in ("purelib", "platlib")]
+    skip = {"site-packages", "dist-packages", "__pycache__", ".git"}
+    named, done = {}, set()
+    for prefix, root in roots:
+        root = os.path.abspath(root)
+        if root in done or not os.path.isdir(root):
+            continue
+        done.add(root)
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in skip)  # the stdlib's own site-packages is another Python's
+            for f in files:
+                path = Path(folder) / f
+                if path.suffix in OFFLINE_EXTENSIONS and path.is_file() and path.stat().st_size <= OFFLINE_MAX_FILE_BYTES:
+                    named[f"{prefix}/{path.relative_to(root).as_posix()}"] = path
+    return list(named.items())
+
+
+def has_cuda():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def offline_max_bytes(max_mb):
+    """The byte cap for the offline source: `--max-mb` when given (0 = none), else none with CUDA, OFFLINE_CPU_MAX_MB without."""
+    if max_mb is None:
+        max_mb = 0 if has_cuda() else OFFLINE_CPU_MAX_MB
+    return int(max_mb * 1e6) if max_mb > 0 else None
 
 
 def download(url, path, max_attempts=5, retry_delay=1.0):
@@ -293,10 +351,9 @@ def _stories(path, separator="<|endoftext|>"):
         yield story
 
 
-def prepare_data(directory, source, num_shards=10, retry_delay=1.0):
+def prepare_data(directory, source, num_shards=10, retry_delay=1.0, max_mb=None):
     if source == "offline":
-        paths, root = offline_files()
-        local_corpus(directory, source, paths, root)
+        local_corpus(directory, source, offline_files(), offline_max_bytes(max_mb))
     elif source.startswith("files:"):
         pattern = source[len("files:"):]
         paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
@@ -304,7 +361,8 @@ def prepare_data(directory, source, num_shards=10, retry_delay=1.0):
             sys.exit(f"Data: no files match {pattern!r}.")
         root = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))
         root = root.parent if root.is_file() else root
-        local_corpus(directory, source, paths, root)
+        named = [(Path(os.path.relpath(os.path.abspath(p), root)).as_posix(), Path(p)) for p in paths]
+        local_corpus(directory, source, named, None if max_mb in (None, 0) else int(max_mb * 1e6))
     elif source == "climbmix":
         prepare_climbmix(directory, num_shards, retry_delay=retry_delay)
     elif source == "tinystories":
@@ -333,7 +391,7 @@ def iter_documents(directory, split, batch_size=128):
         epoch += 1
 
 
-def training_text(directory, max_chars=1_000_000_000, doc_cap=10_000):
+def training_text(directory, max_chars=TOKENIZER_MAX_CHARS, doc_cap=10_000):
     """Training documents (each capped) for the tokenizer, with progress."""
     nchars, shown = 0, time.time()
     for texts, epoch in iter_documents(directory, "train"):
@@ -401,6 +459,10 @@ class Tokenizer:
         specials = {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}
         self.enc = tiktoken.Encoding(name=f"fleetlab-{n}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
         self.bos_token_id = specials[BOS_TOKEN]
+        h = hashlib.sha256(pattern.encode())  # names the token store: same merges and pattern, same tokens
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            h.update(len(token).to_bytes(4, "little") + token)
+        self.identity = f"{self.enc.n_vocab}-{h.hexdigest()[:12]}"
         self._lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(n)] + [0] * len(specials)
 
     @property
@@ -439,46 +501,216 @@ class Tokenizer:
         return self.enc.decode(ids)
 
 
-def make_dataloader(tokenizer, B, T, split, device="cpu", buffer_size=1000, directory=None):
+# ---------------------------------------------------------------------------
+# Token store: the corpus tokenised once, memory-mapped by every run
+# ---------------------------------------------------------------------------
+
+
+def token_dir(directory, tokenizer):
+    return Path(directory) / f"tokens-{tokenizer.identity}"
+
+
+def tokenize_split(directory, tokenizer, split, threads=None):
+    """Write tokens-<id>/{split}.bin (every document as [BOS, tokens...]) and {split}.idx.npy (document start offsets,
+    one more than there are documents). Written under temporary names and renamed: a reader never sees half a file."""
+    out = token_dir(directory, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.uint32
+    bos = tokenizer.get_bos_token_id()
+    threads = threads or max(1, min(16, os.cpu_count() or 1))
+    offsets, total, t0 = [0], 0, time.time()
+    tmp_bin = out / f"{split}.bin.tmp"
+    with open(tmp_bin, "wb") as f:
+        for texts, epoch in iter_documents(directory, split, batch_size=1024):
+            if epoch > 1:
+                break
+            rows = tokenizer.encode(texts, prepend=bos, num_threads=threads)
+            lengths = [len(r) for r in rows]
+            np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=sum(lengths)).tofile(f)
+            offsets.extend((total + np.cumsum(lengths)).tolist())
+            total = offsets[-1]
+    np.save(out / f"{split}.idx.tmp.npy", np.asarray(offsets, dtype=np.int64))
+    os.replace(out / f"{split}.idx.tmp.npy", out / f"{split}.idx.npy")
+    os.replace(tmp_bin, out / f"{split}.bin")
+    print(f"Tokens: {split} {len(offsets) - 1:,} documents, {total:,} tokens in {time.time() - t0:.1f}s -> {out}", flush=True)
+
+
+def load_tokens(directory, tokenizer, split):
+    """(tokens memmap, document offsets) of a split, tokenising it first if this vocabulary has not been (locked:
+    several workers of a machine may start at once). Stale stores (other corpus) are rebuilt."""
+    directory = Path(directory)
+    out = token_dir(directory, tokenizer)
+    corpus = read_manifest(directory)["corpus_sha256"]
+    meta = out / f"{split}.json"
+
+    def fresh():
+        return meta.exists() and json.loads(meta.read_text()).get("corpus_sha256") == corpus
+
+    if not fresh():
+        out.mkdir(parents=True, exist_ok=True)
+        with exclusive(out, name=f".{split}.lock"):
+            if not fresh():
+                tokenize_split(directory, tokenizer, split)
+                meta.with_suffix(".tmp").write_text(json.dumps({"corpus_sha256": corpus}) + "\n")
+                os.replace(meta.with_suffix(".tmp"), meta)
+    dtype = np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.uint32
+    offsets = np.load(out / f"{split}.idx.npy")
+    if offsets[-1] == 0:
+        sys.exit(f"Data: the {split} split of {directory} holds no text.")
+    return np.memmap(out / f"{split}.bin", dtype=dtype, mode="r", shape=(int(offsets[-1]),)), offsets
+
+
+# ---------------------------------------------------------------------------
+# Packing (numpy) and prefetching (a background thread)
+# ---------------------------------------------------------------------------
+
+
+class Packer:
     """
-    BOS-aligned best-fit packing: every row starts with BOS; each row takes the largest buffered document that
-    still fits, and when none fits the shortest is cropped to fill the row exactly. No padding, every token used.
-    Yields (inputs, targets, epoch) with inputs/targets of shape (B, T) on `device`.
+    BOS-aligned best-fit packing over the token store: every row starts with BOS; each row takes the largest buffered
+    document that still fits, and when none fits the shortest is cropped to fill the row exactly (the rest of it is
+    dropped). No padding, every token used. The buffer holds `buffer_size` documents and is topped up one document at
+    a time, in corpus order; ties go to the earliest document. With `wrap` the stream starts over at the end of the
+    split (the next epoch); without, packing stops when the split runs out.
+    Rows depend only on the corpus and the row length, never on how many rows are asked for at once.
+    """
+
+    def __init__(self, tokens, offsets, row_len, buffer_size=1000, wrap=True):
+        self.tokens, self.offsets, self.row_len, self.wrap = tokens, offsets, row_len, wrap
+        self.lengths = np.diff(offsets)
+        self.buffer_size = min(buffer_size, len(self.lengths))
+        self.buffer = []                        # sorted (length, -arrival, doc)
+        self.next_doc, self.arrivals, self.rows_done = 0, 0, 0
+
+    def epochs_seen(self):
+        """Tokens placed in rows so far / tokens in the split: how many times the data has been seen (fractional)."""
+        return self.rows_done * self.row_len / self.offsets[-1]
+
+    def _top_up(self):
+        while len(self.buffer) < self.buffer_size:
+            if self.next_doc == len(self.lengths):
+                if not self.wrap:
+                    return
+                self.next_doc = 0
+            self.arrivals += 1
+            insort(self.buffer, (int(self.lengths[self.next_doc]), -self.arrivals, self.next_doc))
+            self.next_doc += 1
+
+    def pack(self, out):
+        """Fill `out` (rows x row_len integer array) with the next rows; returns how many rows were filled (all of
+        them, unless a packer without wrap ran out of documents)."""
+        rows, row_len = out.shape
+        assert row_len == self.row_len
+        starts, takes = [], []
+        for r in range(rows):
+            remaining, pieces = row_len, []
+            while remaining:
+                self._top_up()
+                if not self.buffer:  # no wrap, split used up: this row stays unfilled
+                    rows = r
+                    break
+                i = bisect_right(self.buffer, (remaining, 1)) - 1   # largest length <= remaining, earliest first
+                if i < 0:  # nothing fits: crop the shortest (earliest of the shortest)
+                    i = bisect_right(self.buffer, (self.buffer[0][0], 1)) - 1
+                length, _, doc = self.buffer.pop(i)
+                pieces.append((self.offsets[doc], min(length, remaining)))
+                remaining -= pieces[-1][1]
+            if remaining:
+                break
+            starts += [start for start, _ in pieces]
+            takes += [take for _, take in pieces]
+            self.rows_done += 1
+        # one vectorised gather: position k of the output reads tokens[start of its piece + k - piece's output start]
+        takes = np.asarray(takes, dtype=np.int64)
+        shift = np.asarray(starts, dtype=np.int64) - (np.cumsum(takes) - takes)
+        index = np.repeat(shift, takes) + np.arange(rows * row_len, dtype=np.int64)
+        out[:rows].reshape(-1)[:] = self.tokens[index]
+        return rows
+
+
+class Prefetcher:
+    """Runs `produce(slot)` on a background thread into `depth + 1` preallocated int32 buffers (pinned for CUDA), so
+    packing overlaps the training step. A slot is refilled only after its copy to the device has completed."""
+
+    def __init__(self, produce, shape, depth=2, pin=False):
+        import torch
+
+        self.produce = produce
+        self.slots = [torch.empty(shape, dtype=torch.int32, pin_memory=pin) for _ in range(depth + 1)]
+        self.free, self.ready = queue.Queue(), queue.Queue()
+        for i in range(len(self.slots)):
+            self.free.put((i, None))
+        self.thread = threading.Thread(target=self._run, name="fleetlab-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            while True:
+                i, done = self.free.get()
+                if i is None:
+                    return
+                if done is not None:
+                    done.synchronize()
+                info = self.produce(self.slots[i].numpy())
+                self.ready.put((i, info, None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            self.ready.put((None, None, e))
+
+    def get(self):
+        i, info, error = self.ready.get()
+        if error is not None:
+            raise error
+        return i, self.slots[i], info
+
+    def release(self, i, done=None):
+        self.free.put((i, done))
+
+    def close(self):
+        self.free.put((None, None))
+
+
+def make_dataloader(tokenizer, B, T, split, device="cpu", buffer_size=1000, directory=None, prefetch=2):
+    """
+    Yields (inputs, targets, epochs) with inputs/targets (B, T) long tensors on `device`, packed by `Packer` from the
+    token store; `epochs` is how many times the split has been seen so far (fractional). With `prefetch` > 0 the
+    packing runs that many micro-batches ahead on a background thread; the batches are the same either way.
     """
     import torch
 
     assert split in ("train", "val")
     directory = cache_dir() if directory is None else Path(directory)
     device = torch.device(device)
-    batches = iter_documents(directory, split)
-    bos = tokenizer.get_bos_token_id()
-    threads = max(1, min(8, torch.get_num_threads()))
-    docs, epoch = [], 1
-    row = torch.empty((B, T + 1), dtype=torch.long)
-    pin = device.type == "cuda"
-    while True:
-        for r in range(B):
-            pos = 0
-            while pos < T + 1:
-                while len(docs) < buffer_size:
-                    texts, epoch = next(batches)
-                    docs.extend(tokenizer.encode(texts, prepend=bos, num_threads=threads))
-                remaining = T + 1 - pos
-                best, best_len = -1, 0
-                for i, d in enumerate(docs):
-                    if best_len < len(d) <= remaining:
-                        best, best_len = i, len(d)
-                        if best_len == remaining:
-                            break
-                if best < 0:  # nothing fits: crop the shortest document to fill the row
-                    best = min(range(len(docs)), key=lambda i: len(docs[i]))
-                doc = docs.pop(best)[:remaining]
-                row[r, pos:pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
-                pos += len(doc)
-        x, y = row[:, :-1].clone(), row[:, 1:].clone()
-        if pin:
-            x, y = x.pin_memory(), y.pin_memory()
-        yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin), epoch
+    packer = Packer(*load_tokens(directory, tokenizer, split), T + 1, buffer_size)
+
+    def produce(out):
+        packer.pack(out)  # wraps around: always fills every row
+        return packer.epochs_seen()
+
+    def to_device(rows):
+        rows = rows.to(device, non_blocking=True) if device.type != "cpu" else rows
+        return rows[:, :-1].long().contiguous(), rows[:, 1:].long().contiguous()
+
+    if not prefetch:
+        rows = torch.empty((B, T + 1), dtype=torch.int32)
+        while True:
+            epochs = produce(rows.numpy())
+            yield (*to_device(rows), epochs)
+    cuda = device.type == "cuda"
+    pf = Prefetcher(produce, (B, T + 1), depth=prefetch, pin=cuda)
+    try:
+        while True:
+            i, rows, epochs = pf.get()
+            x, y = to_device(rows)
+            done = None
+            if cuda:  # the slot may be refilled once the copy has happened
+                done = torch.cuda.Event()
+                done.record()
+            elif device.type == "mps":
+                torch.mps.synchronize()
+            pf.release(i, done)
+            yield x, y, epochs
+    finally:
+        pf.close()
 
 
 def eval_settings(device_type):
@@ -486,40 +718,64 @@ def eval_settings(device_type):
     return (MAX_SEQ_LEN, EVAL_TOKENS) if device_type == "cuda" else (SMALL_SEQ_LEN, SMALL_EVAL_TOKENS)
 
 
+def validation_rows(tokenizer, seq_len, eval_tokens, multiple=1, directory=None):
+    """
+    (rows, n): the packed validation rows of length seq_len + 1, and n, how many of them count: eval_tokens // seq_len,
+    fewer if the pinned split runs out first (it is packed once, no document twice). Rows past n (copies of the first)
+    pad the array to a multiple of `multiple`.
+    """
+    directory = cache_dir() if directory is None else Path(directory)
+    packer = Packer(*load_tokens(directory, tokenizer, "val"), seq_len + 1, wrap=False)
+    wanted = max(1, eval_tokens // seq_len)
+    rows = np.empty((-(-wanted // multiple) * multiple, seq_len + 1), dtype=np.int64)
+    n = min(wanted, packer.pack(rows))
+    if n == 0:
+        sys.exit(f"Data: the validation split holds less than one row of {seq_len + 1} tokens.")
+    rows = rows[:-(-n // multiple) * multiple]
+    rows[n:] = rows[:len(rows) - n]
+    return rows, n
+
+
 # ---------------------------------------------------------------------------
 # Evaluation (DO NOT CHANGE: this is the fixed metric)
 # ---------------------------------------------------------------------------
 
 
-def evaluate_bpb(model, tokenizer, batch_size):
+def evaluate_bpb(model, tokenizer, batch_size, grad_mode=False):
     """
     Bits per byte: summed per-token cross-entropy (nats) / (ln 2 * summed target byte lengths), with special
     tokens (byte length 0) left out of both sums. Independent of the vocabulary. The same validation rows
-    (the first eval_tokens // seq_len packed rows of the pinned split) are scored whatever the batch size.
-    `model(x, y, reduction='none')` must return per-token losses.
+    (`validation_rows`) are scored whatever the batch size; every batch is full (rows past the counted ones fill the
+    last), so a model compiled for one shape is never recompiled. `model(x, y, reduction='none')` must return
+    per-token losses. grad_mode=True runs the forward with autograd on, as in training, so a model compiled for
+    training is reused as it is (the numbers are the same; the graph is dropped batch by batch).
     """
     import torch
 
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad_mode):
         return _evaluate_bpb(model, tokenizer, batch_size)
 
 
 def _evaluate_bpb(model, tokenizer, batch_size):
+    import torch
+
     device = next(model.parameters()).device
     seq_len, eval_tokens = eval_settings(device.type)
     token_bytes = tokenizer.token_bytes.to(device)
-    rows_left = max(1, eval_tokens // seq_len)
-    loader = make_dataloader(tokenizer, batch_size, seq_len, "val", device=device)
-    total_nats, total_bytes = 0.0, 0
-    while rows_left > 0:
-        x, y, _ = next(loader)
-        x, y = x[:rows_left], y[:rows_left]
-        rows_left -= x.size(0)
-        loss = model(x, y, reduction="none").view(-1).float()
-        nbytes = token_bytes[y.reshape(-1)]
-        total_nats += (loss * (nbytes > 0)).sum().item()
-        total_bytes += nbytes.sum().item()
-    return total_nats / (math.log(2) * total_bytes)
+    rows, n = validation_rows(tokenizer, seq_len, eval_tokens, multiple=batch_size)
+    rows = torch.from_numpy(rows)
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, n, batch_size):
+        batch = rows[start:start + batch_size].to(device)
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        loss = model(x, y, reduction="none").detach().view(batch_size, -1).float()
+        nbytes = token_bytes[y]
+        counted = (torch.arange(batch_size, device=device) < n - start)[:, None]  # rows past n fill the batch only
+        nbytes = nbytes * counted
+        total_nats += (loss * (nbytes > 0)).sum(dtype=torch.float64)
+        total_bytes += nbytes.sum()
+    return total_nats.item() / (math.log(2) * total_bytes.item())
 
 
 # ---------------------------------------------------------------------------
@@ -528,7 +784,7 @@ def _evaluate_bpb(model, tokenizer, batch_size):
 
 
 @contextlib.contextmanager
-def exclusive(directory):
+def exclusive(directory, name=".lock"):
     """Hold an exclusive lock on the cache directory (POSIX; elsewhere no lock)."""
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -536,7 +792,7 @@ def exclusive(directory):
     except ImportError:
         yield
         return
-    with open(directory / ".lock", "w") as f:
+    with open(directory / name, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -555,6 +811,9 @@ if __name__ == "__main__":
     parser.add_argument("--source", default="offline", help="offline | climbmix | tinystories | files:GLOB")
     parser.add_argument("--vocab-size", type=parse_vocab, default=VOCAB_SIZE, help="BPE vocabulary incl. special tokens, or 'byte'")
     parser.add_argument("--num-shards", type=int, default=10, help="climbmix training shards (the validation shard is always added)")
+    parser.add_argument("--max-mb", type=float, default=None,
+                        help=f"local sources: stop after this many MB of text (0 = all; offline default: all with CUDA, "
+                             f"{OFFLINE_CPU_MAX_MB} without)")
     args = parser.parse_args()
 
     directory = Path(os.environ["FLEETLAB_CACHE"]).expanduser() if os.environ.get("FLEETLAB_CACHE") else default_cache_dir(args.source, args.vocab_size)
@@ -565,10 +824,18 @@ if __name__ == "__main__":
         if before.get("source") == args.source and args.source in ("climbmix", "tinystories"):
             print("Data: already prepared")
         else:  # local sources are re-read (cheap) so the manifest always matches the text on this machine
-            prepare_data(directory, args.source, args.num_shards)
+            prepare_data(directory, args.source, args.num_shards, max_mb=args.max_mb)
             if before and json.loads(manifest.read_text())["corpus_sha256"] != before.get("corpus_sha256"):
                 (directory / "tokenizer.pkl").unlink(missing_ok=True)  # the text changed: retrain
         train_tokenizer(directory, args.vocab_size)
+        # tokenise once for every run: the full vocabulary (GPU) and, where there is no CUDA, the CPU scale's
+        vocabs = [None]
+        if args.vocab_size != "byte" and not has_cuda():
+            vocabs.append(SMALL_VOCAB_SIZE)
+        for vocab in vocabs:
+            tok = Tokenizer.from_directory(directory, vocab_size=vocab)
+            for split in ("train", "val"):
+                load_tokens(directory, tok, split)
     if not os.environ.get("FLEETLAB_CACHE"):
         CACHE_ROOT.mkdir(parents=True, exist_ok=True)
         (CACHE_ROOT / "last_prepared").write_text(str(directory) + "\n")

@@ -6,6 +6,12 @@ Usage: python train.py   (budget from FLEETLAB_TIME_BUDGET, seed from FLEETLAB_S
 
 import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+if os.environ.get("FLEETLAB_CACHE_DIR"):  # the worker's own directory, kept across its experiments: compile once per shape
+    _cache = os.environ["FLEETLAB_CACHE_DIR"]
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_cache, "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_cache, "triton"))
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
 import contextlib
 import gc
@@ -18,10 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import (MAX_SEQ_LEN, SMALL_SEQ_LEN, SMALL_TIME_BUDGET, TIME_BUDGET, Tokenizer, data_fingerprint,
-                     evaluate_bpb, make_dataloader)
+from prepare import (MAX_SEQ_LEN, SMALL_SEQ_LEN, SMALL_TIME_BUDGET, SMALL_VOCAB_SIZE, TIME_BUDGET, Tokenizer,
+                     data_fingerprint, evaluate_bpb, make_dataloader)
 
-# Flash Attention 3 when it can be had (Hopper wheels or the kernels hub); PyTorch SDPA otherwise.
+# Attention kernel: Flash Attention 3 when it can be had (Hopper wheels or the kernels hub); else FlexAttention with
+# block-sparse sliding-window masks on CUDA (compiled; skips the blocks a window excludes); else PyTorch SDPA with a
+# dense mask (CPU, MPS). FLEETLAB_ATTENTION=fa3|flex|sdpa forces one (to compare them).
 try:
     from flash_attn_interface import flash_attn_func as fa3_func
     HAS_FA3 = torch.cuda.is_available()
@@ -32,8 +40,15 @@ except ImportError:
         repo = "varunneal/flash-attention-3" if hopper else "kernels-community/flash-attn3"
         fa3_func = get_kernel(repo).flash_attn_interface.flash_attn_func
         HAS_FA3 = True
-    except Exception:  # no CUDA, no `kernels` package, no network: SDPA
+    except Exception:  # no CUDA, no `kernels` package, no network
         fa3_func, HAS_FA3 = None, False
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    flex_attention = torch.compile(flex_attention, dynamic=False)  # eager FlexAttention is a slow reference only
+except ImportError:
+    create_block_mask = flex_attention = None
+attention = os.environ.get("FLEETLAB_ATTENTION") or (
+    "fa3" if HAS_FA3 else "flex" if flex_attention is not None and torch.cuda.is_available() else "sdpa")
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -68,7 +83,12 @@ def rotate(x, cos, sin):
 
 
 def window_mask(T, window, device):
-    """Boolean (T, T) mask for SDPA: causal, and at most `window` positions back."""
+    """The sliding window for one layer: causal, at most `window` positions back. A BlockMask for FlexAttention,
+    a boolean (T, T) mask for SDPA."""
+    if attention == "flex":
+        def causal_window(b, h, q, kv):
+            return (q >= kv) & (q - kv <= window)
+        return create_block_mask(causal_window, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
     i = torch.arange(T, device=device)
     back = i[:, None] - i[None, :]
     return (back >= 0) & (back <= window)
@@ -96,14 +116,16 @@ class CausalSelfAttention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
         q, k = norm(rotate(q, *cos_sin)), norm(rotate(k, *cos_sin))  # QK-norm
-        if HAS_FA3 and x.is_cuda:
+        if attention == "fa3":
             bf16 = torch.bfloat16
             y = fa3_func(q.to(bf16), k.to(bf16), v.to(bf16), causal=True, window_size=(window, 0))
             y = y[0] if isinstance(y, tuple) else y
         else:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if mask is None:
+            if mask is None:  # full causal context: SDPA's flash kernel
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif attention == "flex":
+                y = flex_attention(q, k, v, block_mask=mask)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             y = y.transpose(1, 2)
@@ -151,6 +173,7 @@ class GPT(nn.Module):
         cos, sin = self._rotary(config.sequence_len * 10, head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self.masks = {}  # (T, device) -> {window: mask}, built once outside any compiled graph (`build_masks`)
 
     @staticmethod
     def _window_sizes(config):
@@ -218,10 +241,18 @@ class GPT(nn.Module):
                 group["initial_lr"] = group["lr"]
         return optimizers
 
+    def build_masks(self, T, device):
+        """The sliding-window masks for sequences of length T (none for FA3, which takes the window as a number)."""
+        key = (T, str(device))
+        if key not in self.masks:
+            windows = set() if attention == "fa3" else {w for w in self.windows if w < T - 1}
+            self.masks[key] = {w: window_mask(T, w, device) for w in windows}
+        return self.masks[key]
+
     def forward(self, idx, targets=None, reduction="mean"):
         B, T = idx.size()
         cos_sin = self.cos[:, :T], self.sin[:, :T]
-        masks = {} if HAS_FA3 and idx.is_cuda else {w: window_mask(T, w, idx.device) for w in set(self.windows) if w < T - 1}
+        masks = self.build_masks(T, idx.device)
         x = x0 = norm(self.transformer.wte(idx))
         for i, block in enumerate(self.transformer.h):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
@@ -335,7 +366,7 @@ if os.environ.get("OMP_NUM_THREADS"):
 seq_len = MAX_SEQ_LEN if gpu else SMALL_SEQ_LEN                                   # 2048 | 256
 depth = DEPTH if gpu else max(1, DEPTH // 4)                                      # 8 | 2
 head_dim = HEAD_DIM if gpu else max(8, HEAD_DIM // 4)                             # 128 | 32 (fine-grained widths)
-vocab_limit = None if gpu else 2048                                               # full BPE | its first 2048 tokens
+vocab_limit = None if gpu else SMALL_VOCAB_SIZE                                   # full BPE | its first 2048 tokens
 device_batch_size = DEVICE_BATCH_SIZE if gpu else max(1, DEVICE_BATCH_SIZE // 16)  # 128 | 8 sequences
 total_batch_size = TOTAL_BATCH_SIZE if gpu else max(1, TOTAL_BATCH_SIZE // 128)    # 2**19 | 2**12 tokens (16 x 8:
 #                                   the batch shrinks like device batch x sequence, so divisibility holds on both)
@@ -362,11 +393,12 @@ token_bytes = tokenizer.token_bytes.to(device)
 model_dim = -(-depth * ASPECT_RATIO // head_dim) * head_dim
 config = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=model_dim // head_dim,
                    n_embd=model_dim, window_pattern=WINDOW_PATTERN)
-print(f"Device: {device_type} (threads {torch.get_num_threads()}, FA3 {HAS_FA3}, compile {use_compile})")
+print(f"Device: {device_type} (threads {torch.get_num_threads()}, attention {attention}, compile {use_compile})")
 print(f"Model config: {asdict(config)}")
 
 model = GPT(config).to(device)
 model.init_weights()
+model.build_masks(seq_len, device)  # before compiling: the graph reads them, never builds them
 if gpu:  # embeddings in bf16 save memory; they are only looked up
     model.transformer.wte.to(dtype=torch.bfloat16)
     for ve in model.value_embeds.values():
@@ -388,8 +420,8 @@ if use_compile:
 else:
     train_model = model
 
-train_loader = make_dataloader(tokenizer, device_batch_size, seq_len, "train", device=device)
-x, y, epoch = next(train_loader)
+train_loader = make_dataloader(tokenizer, device_batch_size, seq_len, "train", device=device)  # packs on a thread
+x, y, epochs = next(train_loader)
 print(f"Time budget: {time_budget:.0f}s; tokens per step: {total_batch_size}; gradient accumulation steps: {grad_accum_steps}")
 
 # Schedules, all driven by progress = training time / budget
@@ -448,14 +480,14 @@ while True:
     t0 = time.time()
     step_loss = 0.0
     for micro_step in range(grad_accum_steps):
-        with autocast_ctx:
-            loss = train_model(x, y)
+        with autocast_ctx:  # per-token losses: the final evaluation calls the very same compiled graph
+            loss = train_model(x, y, reduction="none").mean()
         train_loss = loss.detach()
         step_loss += train_loss / grad_accum_steps
         window_nats += train_loss * y.numel()
         window_bytes += token_bytes[y].sum()
         (loss / grad_accum_steps).backward()
-        x, y, epoch = next(train_loader)
+        x, y, epochs = next(train_loader)
 
     progress = min(total_training_time / time_budget, 1.0)
     lrm = get_lr_multiplier(progress)
@@ -478,6 +510,8 @@ while True:
     if step >= timed_after:
         total_training_time += dt
     step += 1
+    if step == timed_after:
+        warmup_seconds = time.time() - t_start_training  # compilation and warm-up, not counted as training
 
     ema_beta = 0.9
     smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
@@ -493,7 +527,7 @@ while True:
         tok_per_sec = int(total_batch_size / dt)
         mfu = 100 * num_flops_per_token * total_batch_size / dt / gpu_peak if gpu_peak else 0.0
         print(f"step {step:05d} ({100 * progress:.1f}%) | loss: {debiased:.6f} | lrm: {lrm:.2f} | dt: {dt * 1000:.0f}ms | "
-              f"tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epoch: {epoch} | "
+              f"tok/sec: {tok_per_sec:,} | mfu: {mfu:.1f}% | epochs: {epochs:.3f} | "
               f"remaining: {max(0.0, time_budget - total_training_time):.0f}s")
         print(f"fleetlab: step={step} metric={bpb_estimate:.6f} elapsed={total_training_time:.1f}", flush=True)
 
@@ -508,11 +542,16 @@ while True:
         break
 
 total_tokens = step * total_batch_size
+train_epochs = epochs  # of the batch after the last: what training has seen, packed one batch ahead
+del train_loader
 
-# Final evaluation (the fixed metric from prepare.py)
-model.eval()
+# Final evaluation (the fixed metric from prepare.py). Compiled: the training graph itself, same shapes, same grad
+# mode and train flag (the model has no dropout), so nothing compiles again. Eager: no autograd.
+t_eval = time.time()
 with autocast_ctx:
-    val_bpb = evaluate_bpb(train_model, tokenizer, device_batch_size)
+    val_bpb = evaluate_bpb(train_model, tokenizer, device_batch_size, grad_mode=use_compile)
+sync()
+eval_seconds = time.time() - t_eval
 
 # Final summary
 t_end = time.time()
@@ -537,3 +576,6 @@ print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
 print(f"num_steps:        {step}")
 print(f"num_params_M:     {num_params / 1e6:.1f}")
 print(f"depth:            {depth}")
+print(f"epochs:           {train_epochs:.4f}")
+print(f"warmup_seconds:   {warmup_seconds:.1f}")
+print(f"eval_seconds:     {eval_seconds:.1f}")
