@@ -32,6 +32,7 @@ class RunOptions:
     dry_run: bool = False
     surface: str | None = None
     prune: bool | None = None  # None: [prune] enabled (default on)
+    backfill: str | None = None  # a strategy for workers that would otherwise idle (strategies/backfill.py)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     executor_options: dict[str, Any] = field(default_factory=dict)
 
@@ -92,7 +93,7 @@ def run_session(opened: Opened, opts: RunOptions, on_event: Callable[..., None] 
     from fleetlab.strategies import make_strategy
 
     strategy = make_strategy(strat_spec, seed=seed, project=project, settings=project.settings,
-                             **opts.strategy_options)
+                             backfill=opts.backfill, **opts.strategy_options)
     with RunLock(project):
         tag, resuming = choose_tag(store, opts.tag)
         executor = make_fleet(opened, fleet_spec, opts)

@@ -64,9 +64,14 @@ def parse_portfolio(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def make_strategy(spec: str, **kw: Any) -> Strategy:
+def make_strategy(spec: str, backfill: str | None = None, **kw: Any) -> Strategy:
     """A strategy (or a portfolio) from its command-line spec. Keyword options go to every constructor that takes
-    them (seed, project, settings, ...)."""
+    them (seed, project, settings, ...). `backfill` names a strategy asked only for workers that would otherwise
+    idle (strategies/backfill.py)."""
+    if backfill and backfill != "none":
+        from fleetlab.strategies.backfill import Backfill
+
+        return Backfill(make_strategy(spec, **kw), make_strategy(backfill, **kw))
     parts = parse_portfolio(spec)
     if len(parts) == 1:
         return _construct(parts[0][0], kw)
