@@ -15,24 +15,29 @@ from pathlib import Path
 from fleetlab.project import Project
 
 
-def example_edit(project: Project) -> tuple[str, str, str] | None:
-    """(old line, new line, description) of a first knob edit in the knob file, e.g. doubling a learning rate."""
+def example_edits(project: Project, limit: int = 2) -> list[tuple[str, str, str]]:
+    """(old line, new line, description) of first knob edits in the knob file, one knob each (learning rates first,
+    doubled; momenta halfway to 1; integers a quarter up)."""
     name = project.knob_file
     path = project.root / name
     if not name.endswith(".py") or not path.is_file():
-        return None
+        return []
     from fleetlab.knobs import apply_knobs, read_knobs
 
     source = path.read_text()
     try:
         knobs = read_knobs(source)
     except Exception:  # noqa: BLE001 - a file the knob reader cannot parse gets a guide without the example
-        return None
+        return []
     numeric = [(k, v) for k, v in knobs.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v
                and "[" not in k]
     lr = [kv for kv in numeric if "LR" in kv[0] or "LEARNING_RATE" in kv[0]]
-    for k, v in lr + numeric:
-        new_value = v * 2 if isinstance(v, float) else v + max(1, v // 4)
+    out: list[tuple[str, str, str]] = []
+    for k, v in lr + [kv for kv in numeric if kv not in lr]:
+        if isinstance(v, float):  # a momentum or beta moves toward 1, anything else doubles
+            new_value = round(1 - (1 - v) / 2, 6) if 0.5 <= v < 1 else v * 2
+        else:
+            new_value = v + max(1, v // 4)
         new_source = apply_knobs(source, {k: new_value})
         old_lines = source.splitlines()
         new_lines = new_source.splitlines()
@@ -42,89 +47,150 @@ def example_edit(project: Project) -> tuple[str, str, str] | None:
         if len(changed) != 1:
             continue
         old, new = (_code(x) for x in changed[0])
-        if source.count(old) == 1 and "'" not in old + new:
-            return old, new, f"{k} {v!r} -> {new_value!r}"
-    return None
+        if source.count(old) == 1 and "'" not in old + new and all(old != o for o, _, _ in out):
+            out.append((old, new, f"{k} {v!r} -> {new_value!r}"))
+        if len(out) == limit:
+            break
+    return out
+
+
+def example_edit(project: Project) -> tuple[str, str, str] | None:
+    """The first of `example_edits`, or None."""
+    edits = example_edits(project, 1)
+    return edits[0] if edits else None
 
 
 def _code(line: str) -> str:
     return re.sub(r"\s*#.*$", "", line).rstrip()
 
 
-def render_agent_guide(project: Project) -> str:
+def _edit_command(project: Project, d: str, edit: tuple[str, str, str] | None) -> tuple[str, str]:
+    if edit is None:
+        return f"true  # edit {d}/{project.editable[0]} with your editor", "describe your change here"
+    old, new, desc = edit
+    return (f"python -c \"import pathlib; p = pathlib.Path('{d}/{project.knob_file}'); "
+            f"p.write_text(p.read_text().replace('{old}', '{new}', 1))\""), desc
+
+
+def render_agent_guide(project: Project, agent: str = "agent1") -> str:
     root = project.root
     name = root.name
     variants = f"../{name}-variants"
-    v1 = f"{variants}/v1"
+    v1, v2 = f"{variants}/{agent}-v1", f"{variants}/{agent}-v2"
     editable = ", ".join(f"`{f}`" for f in project.editable)
     readonly = ", ".join(f"`{f}`" for f in project.readonly) or "none"
-    edit = example_edit(project)
-    if edit is not None:
-        old, new, desc = edit
-        edit_cmd = (f"python -c \"import pathlib; p = pathlib.Path('{v1}/{project.knob_file}'); "
-                    f"p.write_text(p.read_text().replace('{old}', '{new}', 1))\"")
-    else:
-        desc = "describe your change here"
-        edit_cmd = f"true  # edit {v1}/{project.editable[0]} with your editor"
+    edits = example_edits(project, 2)
+    edit1, desc1 = _edit_command(project, v1, edits[0] if edits else None)
+    edit2, desc2 = _edit_command(project, v2, edits[1] if len(edits) > 1 else None)
     better = "lower" if project.goal == "minimize" else "higher"
+    fleet = project.section("fleet")["default"] or "local:2"
     return f"""# AGENTS.md — research on a fleet with fleetlab
 
-You are the researcher of this project: improve `{project.metric}` ({better} is better) by editing {editable}.
+You are a researcher of this project: improve `{project.metric}` ({better} is better) by editing {editable}.
 fleetlab is your lab: it runs every variant you submit in its own copy of the project on a fleet of workers,
 measures it, decides keep or discard, and remembers everything. You design experiments; you never run them yourself.
 Read `program.md` first: it holds the rules of this project (what you may change, what counts as a win).
 
 ## Ground rules
-- Edit only {editable}. Read-only: {readonly} (fleetlab checks their hashes; a changed read-only file fails the run).
-- Never edit files inside this directory. Make every variant in a copy of the project outside it, and submit the copy.
+- Edit only {editable}. Read-only: {readonly} (fleetlab checks their hashes; a changed read-only file fails the run,
+  a variant without them is refused).
+- Never edit files inside this directory: it stays at the baseline, even after keeps (a keep moves the git branch
+  `fleetlab/<session>`, not these files). Make every variant with `fleetlab checkout DIR`, which writes the
+  *incumbent's* files (every kept change so far) into DIR, outside this directory; edit DIR; submit DIR.
 - Do not start `{project.command}` yourself and do not touch `.fleetlab/` (the results database and the runs).
-- Every submission needs a short description of what it changes (`-m`); it is how everyone reads the results.
-- Submit several variants before you wait: the fleet has several workers, and an idle worker is wasted.
-- Differences smaller than the noise floor (`fleetlab analyze`) are not wins; replicate before you believe a small gain.
-- Never stop on your own: after each result, read, think, submit the next variants. A person stops the session.
+- Every submission needs a short description of what it changes (`-m`) and your name (`--agent`); with several agents,
+  each uses its own name in `--agent` and in its variant directories.
+- Keep the fleet busy: submit several variants before you wait, and submit again when `fleetlab wait --idle` says a
+  worker is idle.
+- Never stop on your own: after each result, read, think, submit the next variants. Stop only when a person asks.
 
-## The session
-Someone (a person, or you once at the start) serves the fleet in another terminal and leaves it running:
-`fleetlab run --strategy none --fleet local:2` (or a GPU fleet: `--fleet local:gpus`, `--fleet sky:16`, ...).
-It queues and runs the baseline first, then everything you submit. `fleetlab status` tells you whether it is running.
-
-## The loop (every command runs from the project directory)
-1. See where things stand: the incumbent, every result so far, the analysis and the shared notepad.
+## 1. Start the session (once)
+`fleetlab status` says on its first line whether a session is serving. If it says `serving: no`, start one in the
+background; it runs the baseline first (several times, to measure the noise), then everything you submit:
 ```bash
 fleetlab status
-fleetlab results --json
+fleetlab run --strategy none --backfill auto --fleet {fleet} --detach
+```
+`--backfill auto` puts workers that would otherwise idle to use: whenever nothing of yours is queued for a free
+worker, fleetlab's own `auto` strategy proposes a variant of the same incumbent. Your submissions always go first
+(they are dispatched before anything a strategy proposes), so backfill never delays your work by more than the runs
+already started. Its results are yours to read (`backfill` in `results --json`); its keeps move the incumbent too.
+The log is `.fleetlab/run.log`. (`--backfill none` leaves idle workers idle.)
+
+## 2. Where things stand
+The incumbent, every result so far, the analysis, and the shared notepad:
+```bash
+fleetlab status
+fleetlab results --json --last 10
 fleetlab analyze
 fleetlab notes list
+fleetlab show incumbent --diff --against baseline
 ```
-2. Make a variant: copy the project (without its `.fleetlab` state), edit the copy. Use a fresh directory per variant
-   (`v1`, `v2`, ...); with several agents, put your own name in it. The example edit below is real; replace it with yours.
+The last command shows every change kept so far (`--against parent` shows one experiment's own change,
+`--against incumbent` how it differs from the current best).
+
+## 3. Make variants and submit them
+Check out the incumbent into a fresh directory per variant, edit it, submit it. `checkout` records where the copy came
+from, and `submit` takes that experiment as the parent. The example edits below are real; replace them with yours.
 ```bash
-rm -rf {v1} && mkdir -p {v1}
-tar --exclude=./.fleetlab --exclude=./.git -cf - . | tar -xf - -C {v1}
-{edit_cmd}
+fleetlab checkout {v1} --force
+{edit1}
+fleetlab submit --from {v1} -m "{desc1}" --agent {agent}
+fleetlab checkout {v2} --force
+{edit2}
+fleetlab submit --from {v2} -m "{desc2}" --agent {agent}
 ```
-3. Queue it (prints the experiment id; `--replicates 3` runs it three times with different seeds to beat the noise):
-```bash
-fleetlab submit --from {v1} -m "{desc}"
-```
-4. Wait for the next result, then read it (`fleetlab show ID --log` shows a failed run's log, `--diff` its change):
+`--force` replaces an earlier checkout in the same directory (and nothing else). `submit` prints the experiment id
+and warns when a variant removes lines its parent added (it would undo a kept change: check out again) or repeats
+code already submitted (it joins that code's arm instead of running as a new candidate).
+
+## 4. Wait, then read
+`wait --any` returns when any queued or running experiment finishes; `wait --idle` as soon as a worker is idle
+(`--below N`: or fewer than N experiments are queued), which is when to submit more.
 ```bash
 fleetlab wait --any
-fleetlab results --json --last 5
+fleetlab wait --idle --below 2
+fleetlab results --json --last 5 --agent {agent}
 ```
-5. Write down what you learned, for the other agents and the people (`--experiment ID` ties a note to a run):
+`fleetlab show ID` prints one experiment's decision with every number it was judged by, `--log` its log,
+`--diff` its change. `fleetlab status --json` has `idle_workers`, `queue_depth` and `utilization`.
+
+## 5. Write down what you learned
+For the other agents and the people (`--experiment ID` ties a note to a run); `notes list --agent NAME` filters:
 ```bash
-fleetlab notes add "first variant submitted: {desc}; waiting for its result" --author agent
+fleetlab notes add "submitted {desc1} and {desc2}; waiting for the screen" --agent {agent}
+fleetlab notes list --agent {agent}
 ```
-Then go back to 1. The incumbent moves as results come in; start each variant from the project as it is now
-(`fleetlab show ID --diff` shows how the incumbent differs from the baseline; `--parent ID` submits relative to another
-experiment).
+Then go back to 2.
+
+## How a keep is decided
+- **Noise floor.** The baseline runs several times; the spread of those runs (and of every later re-run of the same
+  code) is the noise floor σ. `fleetlab analyze` prints it. A difference smaller than that is not a result.
+- **Screen.** Each variant runs once and is compared with the incumbent *as it is when the variant finishes* (not
+  when you submitted it), on the same hardware class. Beating it by more than a few σ makes it `pending`.
+- **Validation.** A pending variant gets validation runs (role `validate`; they use workers like any run) and fresh
+  runs of the incumbent; it is kept only if the validation runs beat the incumbent's in a one-sided test. Most
+  single lucky runs end here as `discard` with the reason "screening false positive".
+- **Arms and parents.** Runs of identical code (same content hash: replicates, duplicate submissions of any agent,
+  re-runs of the incumbent) are one arm, judged together. Each variant records its parent (the checkout's origin);
+  `fleetlab show ID` says what it was compared with.
+- **Pruning** is on: a run whose progress shows it cannot beat the incumbent is stopped early (state `pruned`, the
+  bound in `reason`). `fleetlab submit --no-prune` runs one submission to the end (a change that starts slow).
+- `keep` means the variant became the incumbent; the next `fleetlab checkout` starts from it.
 
 ## Reading the results
-`fleetlab results --json` lists every experiment: `id`, `state` (done, crash, timeout, ...), `metric`, `status`
-(keep / discard / crash), `description`, `knobs`, `hardware`, `reason`. `keep` means it became the incumbent.
-`fleetlab analyze` gives the noise floor, hardware effects and the main effects of the knobs: use it to choose what to
-try next instead of re-discovering known results. `fleetlab knobs` lists the search space of `{project.knob_file}`.
+`fleetlab results --json` lists every experiment: `id`, `state` (done, crash, timeout, pruned, ...), `metric`,
+`status` (keep / discard / crash / pending), `description`, `parent`, `agent`, `backfill`, `role`, `knobs`, `reason`,
+and `decision` (with its numbers). `fleetlab analyze` gives the noise floor, hardware effects and the effect of each
+knob and each code change, as better/worse in the goal's direction: use it to choose what to try next instead of
+re-discovering known results. `fleetlab knobs` lists the search space of `{project.knob_file}`.
+
+## Stopping
+A person decides when the session ends. `fleetlab stop` (from any terminal) stops the serving session cleanly:
+running experiments are cancelled and recorded, queued ones stay queued for the next `fleetlab run`, which resumes.
+```bash
+fleetlab stop
+```
 """
 
 
@@ -145,4 +211,4 @@ def guide_commands(text: str) -> list[str]:
     return out
 
 
-__all__ = ["write_agent_guide", "render_agent_guide", "guide_commands", "example_edit"]
+__all__ = ["write_agent_guide", "render_agent_guide", "guide_commands", "example_edit", "example_edits"]

@@ -131,8 +131,12 @@ def make_keep_rule(project: Project, name: str = "auto"):
 
 
 def submit(opened: Opened, src: str | os.PathLike, description: str, replicates: int = 1,
-           parent: str | None = None) -> list[Experiment]:
-    """Queue a hand-made variant (a copy of the project with edited editable files). Returns the queued records."""
+           parent: str | None = None, agent: str | None = None,
+           on_warning: Callable[[str], None] | None = None) -> list[Experiment]:
+    """Queue a hand-made variant (a copy of the project with edited editable files). Returns the queued records.
+    The parent is `parent`, else the experiment `fleetlab checkout` made src from, else the incumbent; `on_warning`
+    hears when the variant undoes a change its parent has or repeats code already submitted (agents.py)."""
+    from fleetlab.agents import check_variant_dir, origin_of, same_code, undone_changes
     from fleetlab.proposals import Materializer
     from fleetlab.workspace import files_from_dir
 
@@ -141,22 +145,39 @@ def submit(opened: Opened, src: str | os.PathLike, description: str, replicates:
         raise ConfigError("a submission needs a description (-m)", key="message")
     if replicates < 1:
         raise ConfigError("--replicates must be at least 1", key="replicates")
+    check_variant_dir(project, Path(src))
     files = files_from_dir(project, Path(src))
+    origin = origin_of(src)
+    for given in (parent, origin):
+        if given:
+            store.get(given)  # an unknown parent fails before anything is written
     tag = current_tag(store)
     now = time.time()
     if tag is None:
         tag, _ = choose_tag(store, None, now)
         store.save_session(tag, started_at=now, updated_at=now, status="pending")
-    parent_id = parent or store.incumbent(tag)
+    parent_id = parent or origin or store.incumbent(tag)
     parent_exp = store.get(parent_id) if parent_id else None
     m = Materializer(project, store)
-    prop = Proposal(description=description, files=files, strategy="manual", replicates=replicates)
+    prop = Proposal(description=description, files=files, strategy="manual", replicates=replicates,
+                    meta={"agent": agent} if agent else {})
+    variant = m.build(prop, parent_exp)
+    warnings = undone_changes(opened, parent_exp, variant.files)
+    same = same_code(store, variant.content_hash)
+    if same:
+        who = f" ({same[0].meta['agent']})" if same[0].meta.get("agent") else ""
+        warnings.append(f"this is the same code as {same[0].id}{who}"
+                        f"{f' and {len(same) - 1} more' if len(same) > 1 else ''}: it joins that arm")
+    for w in warnings:
+        if on_warning:
+            on_warning(w)
     out = []
     import random
 
     rng = random.Random()
     for _ in range(replicates):
-        exp = m.to_experiment(prop, parent_exp, tag=tag, seed=rng.randrange(2 ** 31), now=now, strategy="manual")
+        exp = m.to_experiment(prop, parent_exp, tag=tag, seed=rng.randrange(2 ** 31), now=now, strategy="manual",
+                              variant=variant)
         out.append(store.add_experiment(exp))
     return out
 
@@ -211,7 +232,8 @@ def experiment_record(e: Experiment, decision=None, row=None) -> dict[str, Any]:
          "knobs": e.knobs, "extras": e.extras, "worker": e.worker, "hardware": e.hardware, "seed": e.seed,
          "queued_at": e.queued_at, "started_at": e.started_at, "finished_at": e.finished_at,
          "runtime_s": e.runtime_s, "exit_code": e.exit_code, "content_hash": e.content_hash,
-         "lines_added": e.lines_added, "lines_removed": e.lines_removed, "reason": e.meta.get("reason", "")}
+         "lines_added": e.lines_added, "lines_removed": e.lines_removed, "reason": e.meta.get("reason", ""),
+         "agent": e.meta.get("agent"), "backfill": e.meta.get("backfill")}
     if decision is not None:
         d["status"] = decision.status
         d["decision"] = {"status": decision.status, "reason": decision.reason, "numbers": decision.numbers}
@@ -230,8 +252,10 @@ def records(opened: Opened, exps: list[Experiment]) -> list[dict[str, Any]]:
     return [experiment_record(e, decisions.get(e.id), r) for e, r in zip(exps, rows(opened.store, None, exps))]
 
 
-def results(opened: Opened, tag: str | None = None) -> list[dict[str, Any]]:
-    return records(opened, opened.store.experiments(tag=tag))
+def results(opened: Opened, tag: str | None = None, agent: str | None = None) -> list[dict[str, Any]]:
+    """Every experiment's record; `agent`: only those submitted with `--agent` that name."""
+    return records(opened, [e for e in opened.store.experiments(tag=tag)
+                            if agent is None or e.meta.get("agent") == agent])
 
 
 def fmt_metric(x: float | None) -> str:

@@ -100,7 +100,7 @@ def _run_options(a):
                       max_hours=a.max_hours, max_gpu_hours=a.max_gpu_hours, max_cost=a.max_cost, target=a.target,
                       min_gain_per_gpu_hour=a.min_gain_per_gpu_hour, never_stop=a.never_stop, seed=a.seed,
                       lookahead=a.lookahead, keep_rule=a.keep_rule, dry_run=a.dry_run, surface=a.surface,
-                      prune=a.prune, strategy_options=so, executor_options=eo)
+                      prune=a.prune, strategy_options=so, executor_options=eo, backfill=a.backfill)
 
 
 def _print_summary(console, opened, summary) -> None:
@@ -113,10 +113,23 @@ def _print_summary(console, opened, summary) -> None:
 
 
 def cmd_run(a) -> int:
+    import signal
+
     from fleetlab.api import open_project
     from fleetlab.session import run_session
 
     opened = open_project(a.C)
+    if a.detach and not a.dry_run:
+        from fleetlab.daemon import detach
+
+        try:
+            pid, log = detach(opened.project, [x for x in a.argv if x != "--detach"])
+        finally:
+            opened.close()
+        print(f"serving in the background (pid {pid}); log: {log}; stop it with `fleetlab stop`")
+        return 0
+    # a shell's `&` starts background jobs with SIGINT ignored: Ctrl-C and `kill -INT` must still stop cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         console = _console()
         out = run_session(opened, _run_options(a), on_event=_Printer(console, opened.project.metric, a.quiet))
@@ -142,7 +155,8 @@ def cmd_submit(a) -> int:
 
     opened = open_project(a.C)
     try:
-        exps = submit(opened, a.from_dir, a.message, replicates=a.replicates, parent=a.parent)
+        exps = submit(opened, a.from_dir, a.message, replicates=a.replicates, parent=a.parent, agent=a.agent,
+                      on_warning=lambda w: print(f"fleetlab: warning: {w}", file=sys.stderr))
         for e in exps:
             print(e.id)
         return 0
@@ -155,6 +169,13 @@ def cmd_wait(a) -> int:
 
     opened = open_project(a.C)
     try:
+        if a.idle or a.below is not None:
+            from fleetlab.agents import wait_idle
+
+            seen = wait_idle(opened, below=a.below, timeout=a.timeout)
+            _print_json(seen) if a.json else print(f"idle workers {seen['idle_workers']}, queue depth "
+                                                    f"{seen['queue_depth']}")
+            return 0
         done = wait(opened.store, a.ids or None, any_=a.any, timeout=a.timeout)
         decisions = opened.store.decisions()
         recs = [experiment_record(e, decisions.get(e.id)) for e in done]
@@ -183,6 +204,11 @@ def cmd_status(a) -> int:
                 if a.watch:
                     c.clear()
                 sess = st["session"] or {}
+                from fleetlab.daemon import serving_pid
+
+                pid = serving_pid(opened.project)
+                c.print(f"serving: yes, `fleetlab run` pid {pid} (stop it with `fleetlab stop`)" if pid else
+                        "serving: no (nothing runs submissions; start with `fleetlab run --strategy none --detach`)")
                 from fleetlab.facts import compute, headline
 
                 c.print(f"session status: {sess.get('status', 'none')}")
@@ -212,7 +238,7 @@ def cmd_results(a) -> int:
 
             sys.stdout.write(render(rows(opened.project, opened.store)))
             return 0
-        recs = results(opened, a.tag)
+        recs = results(opened, a.tag, agent=a.agent)
         if a.last:
             recs = recs[-a.last:]
         if a.json:
@@ -238,22 +264,20 @@ def cmd_results(a) -> int:
 
 
 def cmd_show(a) -> int:
+    from fleetlab.agents import diff_against, resolve_id
     from fleetlab.api import experiment_record, open_project
-    from fleetlab.proposals import Materializer
-    from fleetlab.workspace import unified_diff
 
     opened = open_project(a.C)
     try:
+        if a.diff or a.against:
+            label, text = diff_against(opened, a.id, a.against or "parent")
+            print(text or f"(no change against {label})")
+            return 0
         store = opened.store
-        e = store.get(a.id)
-        m = Materializer(opened.project, store)
+        e = store.get(resolve_id(store, a.id))  # `incumbent` and `baseline` name those experiments
         if a.log:
             log = Path(e.log_path) if e.log_path else None
             print(log.read_text() if log and log.is_file() else e.log_tail or "(no log)")
-            return 0
-        if a.diff:
-            parent = store.get(e.parent) if e.parent else None
-            print(unified_diff(m.files_of(parent), m.files_of(e)) or "(no change against its parent)")
             return 0
         rec = experiment_record(e, store.decisions().get(e.id))
         rec["decision_history"] = [d.__dict__ for d in store.decision_history(e.id)]
@@ -377,10 +401,12 @@ def cmd_notes(a) -> int:
                 from fleetlab.errors import ConfigError
 
                 raise ConfigError("`fleetlab notes add` needs the note's text")
-            n = opened.store.add_note(a.author, text, time.time(), a.experiment)
+            n = opened.store.add_note(a.agent or a.author, text, time.time(), a.experiment)
             print(f"note {n} added")
             return 0
-        notes = opened.store.notes(limit=a.last)
+        notes = opened.store.notes(limit=None if a.agent else a.last)
+        if a.agent:
+            notes = [n for n in notes if n["author"] == a.agent][:a.last or None]
         if a.json:
             _print_json(notes)
         else:
@@ -400,6 +426,29 @@ def cmd_agent_guide(a) -> int:
     project = Project.load(find_root(a.C))
     path = write_agent_guide(project, Path(a.out) if a.out else None)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_checkout(a) -> int:
+    from fleetlab.agents import checkout
+    from fleetlab.api import open_project
+
+    opened = open_project(a.C)
+    try:
+        origin, dest = checkout(opened, a.dir, a.id, force=a.force)
+        print(f"checked out {origin or 'the project (no incumbent yet)'} into {dest}; edit it, then "
+              f"`fleetlab submit --from {a.dir} -m \"...\"`")
+        return 0
+    finally:
+        opened.close()
+
+
+def cmd_stop(a) -> int:
+    from fleetlab.daemon import stop
+    from fleetlab.project import Project, find_root
+
+    pid = stop(Project.load(find_root(a.C)), timeout=a.timeout)
+    print(f"stopped `fleetlab run` (pid {pid})" if pid else "no `fleetlab run` is serving this project")
     return 0
 
 
@@ -455,16 +504,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--llm-base-url")
     sp.add_argument("--max-llm-cost", type=float)
     sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("--backfill", metavar="STRATEGY",
+                    help="a strategy that proposes only for workers that would otherwise idle (e.g. auto)")
+    sp.add_argument("--detach", action="store_true",
+                    help="serve in the background (log and pid under .fleetlab/); `fleetlab stop` ends it")
 
     sp = add("submit", cmd_submit, "queue a hand-made (or agent-made) variant; prints its id")
     sp.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="a copy of the project")
     sp.add_argument("-m", "--message", required=True, help="what the variant changes")
     sp.add_argument("--replicates", type=int, default=1)
-    sp.add_argument("--parent", help="the experiment it starts from (default: the incumbent)")
+    sp.add_argument("--parent", help="the experiment it starts from (default: the one `fleetlab checkout` copied, "
+                                     "else the incumbent)")
+    sp.add_argument("--agent", metavar="NAME", help="who made it (results and notes filter by it)")
 
     sp = add("wait", cmd_wait, "wait until experiments finish", json_=True)
     sp.add_argument("ids", nargs="*")
     sp.add_argument("--any", action="store_true", help="return when any of them finishes")
+    sp.add_argument("--idle", action="store_true", help="return as soon as a worker of the session is idle")
+    sp.add_argument("--below", type=int, metavar="N", help="with --idle: or once fewer than N experiments are queued")
     sp.add_argument("--timeout", type=float)
 
     sp = add("status", cmd_status, "the session at a glance", json_=True)
@@ -475,10 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tsv", action="store_true", help="autoresearch-compatible results.tsv on stdout")
     sp.add_argument("--tag")
     sp.add_argument("--last", type=int, default=0)
+    sp.add_argument("--agent", metavar="NAME", help="only the experiments submitted with --agent NAME")
+
+    sp = add("checkout", cmd_checkout, "copy an experiment's project files (default: the incumbent's) into DIR, "
+                                        "ready to edit and submit")
+    sp.add_argument("dir")
+    sp.add_argument("--id", help="the experiment to check out (default: the incumbent)")
+    sp.add_argument("--force", action="store_true", help="replace an earlier checkout in DIR")
+
+    sp = add("stop", cmd_stop, "stop the `fleetlab run` serving this project (from any terminal) and wait for it")
+    sp.add_argument("--timeout", type=float, default=120.0)
 
     sp = add("show", cmd_show, "one experiment: its decision, knobs, log tail; --diff or --log", json_=True)
-    sp.add_argument("id")
+    sp.add_argument("id", help="an experiment id, or incumbent / baseline")
     sp.add_argument("--diff", action="store_true")
+    sp.add_argument("--against", metavar="WHAT", help="with --diff: baseline | parent (default) | incumbent | an id")
     sp.add_argument("--log", action="store_true")
 
     add("knobs", cmd_knobs, "the search space inferred from train.py and fleetlab.toml", json_=True)
@@ -494,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--author", default=os.environ.get("USER", "human"))
     sp.add_argument("--experiment")
     sp.add_argument("--last", type=int)
+    sp.add_argument("--agent", metavar="NAME", help="add: write as NAME; list: only NAME's notes")
 
     sp = add("agent-guide", cmd_agent_guide, "write AGENTS.md: how an external coding agent drives fleetlab")
     sp.add_argument("--out")
@@ -515,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a, extra = parser.parse_known_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # `run --detach` starts the same command again
     if extra and getattr(a, "fn", None) is cmd_notes and not any(x.startswith("-") for x in extra):
         a.text = [*a.text, *extra]  # `notes add --author X "text"`: the text may follow the options
     elif extra:

@@ -1,0 +1,209 @@
+"""An outside agent's tools against a live detached session: checkout of the incumbent, diffs against the baseline,
+warnings when a variant undoes a kept change, refusals, attribution by agent, backfill, wait --idle, stop.
+
+The project is tiny and deterministic (train.py prints a constant), so every keep is certain and the tests are about
+the mechanics, not the statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import fleetlab_cmd, set_budget
+
+TOML = """[project]
+editable = ["train.py"]
+readonly = ["prepare.py"]
+command = "python train.py"
+time_budget_s = 1
+timeout_s = 30
+
+[metric]
+name = "val_loss"
+goal = "minimize"
+pattern = '^val_loss:\\s*(\\S+)'
+
+[prune]
+enabled = false
+"""
+TRAIN = """from prepare import OFFSET
+
+X = 3.0
+print(f"val_loss: {X + OFFSET}")
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "fleetlab.toml").write_text(TOML)
+    (root / "train.py").write_text(TRAIN)
+    (root / "prepare.py").write_text("OFFSET = 0.0\n")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    return root
+
+
+def fl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return fleetlab_cmd(*args, "-C", str(root), check=check, timeout=180)
+
+
+def edit(d: Path, old: str, new: str) -> None:
+    p = d / "train.py"
+    text = p.read_text()
+    assert old in text
+    p.write_text(text.replace(old, new, 1))
+
+
+def serving(root: Path) -> bool:
+    return json.loads(fl(root, "status", "--json").stdout)["serving"]
+
+
+def results(root: Path, *args: str) -> dict[str, dict]:
+    return {r["id"]: r for r in json.loads(fl(root, "results", "--json", *args).stdout)}
+
+
+def test_checkout_carries_kept_changes_and_submit_takes_its_origin(project: Path, tmp_path: Path):
+    r = fl(project, "run", "--strategy", "none", "--fleet", "local:2", "--keep-rule", "simple", "--detach")
+    assert "serving in the background" in r.stdout and (project / ".fleetlab" / "run.pid").is_file()
+    try:
+        assert serving(project) and "serving: yes" in fl(project, "status").stdout
+        fl(project, "wait")  # the baseline
+        v1 = tmp_path / "v1"
+        r = fl(project, "checkout", str(v1))
+        base_id = json.loads((v1 / ".fleetlab" / "origin.json").read_text())["id"]
+        assert base_id and base_id in r.stdout
+        assert (v1 / "prepare.py").is_file() and not (v1 / "results.tsv").exists()
+        edit(v1, "X = 3.0", "BONUS = 0.5\nX = 2.0 - BONUS")
+        kept = fl(project, "submit", "--from", str(v1), "-m", "bonus", "--agent", "alice").stdout.strip()
+        fl(project, "wait", kept)
+        assert results(project)[kept]["status"] == "keep" and results(project)[kept]["parent"] == base_id
+        tag = json.loads(fl(project, "status", "--json").stdout)["tag"]
+
+        # a variant made with checkout after the keep contains the kept change: the keep branch's train.py
+        v2 = tmp_path / "v2"
+        fl(project, "checkout", str(v2))
+        branch = subprocess.run(["git", "show", f"fleetlab/{tag}:train.py"], cwd=project, capture_output=True,
+                                text=True, check=True).stdout
+        assert (v2 / "train.py").read_text() == branch and "BONUS = 0.5" in branch
+        assert (project / "train.py").read_text() == TRAIN  # the project directory stays at the baseline
+        edit(v2, "X = 2.0 - BONUS", "X = 1.0 - BONUS  # smaller")
+        second = fl(project, "submit", "--from", str(v2), "-m", "smaller", "--agent", "bob").stdout.strip()
+        fl(project, "wait", second)
+        res = results(project)
+        assert res[second]["parent"] == kept and res[second]["status"] == "keep"
+
+        # show --diff --against baseline of the incumbent: every change since the baseline
+        d = fl(project, "show", "incumbent", "--diff", "--against", "baseline").stdout
+        assert "-X = 3.0" in d and "+BONUS = 0.5" in d and "+X = 1.0 - BONUS  # smaller" in d
+        own = fl(project, "show", second, "--diff").stdout  # against its parent: only its own change
+        assert "+X = 1.0 - BONUS  # smaller" in own and "+BONUS" not in own and "-X = 3.0" not in own
+
+        # a copy of the project directory (the baseline) undoes the kept change: submit warns, naming the line
+        stale = tmp_path / "stale"
+        shutil.copytree(project, stale, ignore=shutil.ignore_patterns(".fleetlab", ".git"))
+        edit(stale, "X = 3.0", "X = 0.9")
+        r = fl(project, "submit", "--from", str(stale), "-m", "from the project dir")
+        assert "undoes a kept change" in r.stderr and "BONUS = 0.5" in r.stderr and r.stdout.startswith("exp-")
+
+        # the same code from two agents: the second hears it joins the first's arm; results filter by agent
+        twin = tmp_path / "twin"
+        fl(project, "checkout", str(twin))
+        edit(twin, "# smaller", "# twin")
+        a = fl(project, "submit", "--from", str(twin), "-m", "twin", "--agent", "alice")
+        b = fl(project, "submit", "--from", str(twin), "-m", "twin", "--agent", "bob")
+        assert "same code" not in a.stderr and f"same code as {a.stdout.strip()} (alice)" in b.stderr
+        assert set(results(project, "--agent", "bob")) == {second, b.stdout.strip()}
+        assert results(project)[b.stdout.strip()]["content_hash"] == results(project)[a.stdout.strip()]["content_hash"]
+        fl(project, "notes", "add", "twin submitted", "--agent", "bob")
+        fl(project, "notes", "add", "hello", "--agent", "alice")
+        notes = json.loads(fl(project, "notes", "list", "--json", "--agent", "bob").stdout)
+        assert [n["text"] for n in notes] == ["twin submitted"]
+
+        # refusals, one sentence each, nothing queued
+        before = len(results(project))
+        (twin / "prepare.py").unlink()
+        r = fl(project, "submit", "--from", str(twin), "-m", "no prepare", check=False)
+        assert r.returncode == 2 and "has no prepare.py" in r.stderr and "Traceback" not in r.stderr
+        r = fl(project, "checkout", str(v2), check=False)
+        assert r.returncode == 2 and "not empty" in r.stderr
+        r = fl(project, "checkout", str(project / "inside"), check=False)
+        assert r.returncode == 2 and "inside the project" in r.stderr
+        r = fl(project, "checkout", str(v2), "--force")  # an earlier checkout may be replaced
+        assert r.returncode == 0
+        junk = tmp_path / "junk"
+        junk.mkdir()
+        (junk / "keep.txt").write_text("mine")
+        r = fl(project, "checkout", str(junk), "--force", check=False)
+        assert r.returncode == 2 and (junk / "keep.txt").read_text() == "mine"
+        assert len(results(project)) == before
+    finally:
+        r = fl(project, "stop")
+    assert "stopped" in r.stdout and not serving(project)
+    assert "serving: no" in fl(project, "status").stdout
+    assert not (project / ".fleetlab" / "run.pid").exists()
+    assert "no `fleetlab run` is serving" in fl(project, "stop").stdout
+
+
+def test_backfill_fills_idle_workers_and_submissions_go_first(project: Path, tmp_path: Path):
+    set_budget(project, 1, 30)
+    (project / "train.py").write_text(TRAIN.replace("X = 3.0", "X = 3.0\nY = 1.0") + "import time; time.sleep(1)\n")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "knob"], cwd=project,
+                   check=True)
+    fl(project, "run", "--strategy", "none", "--backfill", "random", "--fleet", "local:2", "--keep-rule", "simple",
+       "--detach")
+    try:
+        r = fl(project, "wait", "--idle", "--below", "1", "--json")
+        seen = json.loads(r.stdout)
+        assert seen["queue_depth"] == 0 or seen["idle_workers"] > 0
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(e["backfill"] for e in results(project).values()):
+            time.sleep(0.5)
+        v = tmp_path / "v"
+        fl(project, "checkout", str(v))
+        edit(v, "Y = 1.0", "Y = 1.5")
+        mine = fl(project, "submit", "--from", str(v), "-m", "mine", "--agent", "me").stdout.strip()
+        fl(project, "wait", mine)
+        res = results(project)
+        # submitted while backfill kept both workers busy, it started before every backfill run queued after it
+        later = [e for e in res.values() if e["backfill"] and e["queued_at"] > res[mine]["queued_at"]]
+        assert all(e["started_at"] is None or e["started_at"] >= res[mine]["started_at"] for e in later)
+        st = json.loads(fl(project, "status", "--json").stdout)
+        assert st["serving"] and st["workers"] == 2 and st["queue_depth"] <= 1
+    finally:
+        fl(project, "stop")
+    res = results(project)
+    assert sum(1 for e in res.values() if e["backfill"] == "random") >= 2
+    assert not serving(project)
+
+
+def test_a_backgrounded_run_stops_on_sigint(project: Path, tmp_path: Path):
+    """A shell's `&` starts the job with SIGINT ignored; `fleetlab run` restores the handler and stops cleanly."""
+    pid_file = tmp_path / "pid"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    shell = subprocess.Popen(["bash", "-c", f"'{sys.executable}' -m fleetlab.cli run -C '{project}' --strategy none "
+                              f"--fleet local:2 -q > '{tmp_path / 'log'}' 2>&1 & echo $! > '{pid_file}'; wait $!; "
+                              "echo exit=$?"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (pid_file.is_file() and serving(project)):
+            time.sleep(0.2)
+        assert serving(project)
+        os.kill(int(pid_file.read_text()), signal.SIGINT)
+        out, _ = shell.communicate(timeout=60)
+    finally:
+        if shell.poll() is None:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            shell.wait()
+    assert "exit=130" in out, (tmp_path / "log").read_text()
+    assert not serving(project)
+    st = json.loads(fl(project, "status", "--json").stdout)
+    assert st["session_status"] == "interrupted"
