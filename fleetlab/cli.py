@@ -165,7 +165,7 @@ def cmd_submit(a) -> int:
 
 
 def cmd_wait(a) -> int:
-    from fleetlab.api import experiment_record, open_project, wait
+    from fleetlab.api import open_project, records, wait
 
     opened = open_project(a.C)
     try:
@@ -177,8 +177,7 @@ def cmd_wait(a) -> int:
                                                     f"{seen['queue_depth']}")
             return 0
         done = wait(opened.store, a.ids or None, any_=a.any, timeout=a.timeout)
-        decisions = opened.store.decisions()
-        recs = [experiment_record(e, decisions.get(e.id)) for e in done]
+        recs = records(opened, done)
         if a.json:
             _print_json(recs)
         else:

@@ -1,10 +1,12 @@
-"""Frozen records shared by every part of fleetlab: proposals, experiments, results and their states."""
+"""Frozen records shared by every part of fleetlab: proposals, experiments, workers, run specs, decisions, and the
+enums for state, role and decision status (str-valued, so the strings stored in a database compare equal to them)."""
 
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 
@@ -32,6 +34,62 @@ class State(str, enum.Enum):
 
 
 FINAL_STATES = tuple(s for s in State if s.is_final)
+
+
+class Role(enum.StrEnum):
+    """Why an experiment runs. Screening roles (explore, combine) compete for a keep; the others measure."""
+
+    EXPLORE = "explore"        # a strategy's (or a person's) new variant
+    BASELINE = "baseline"      # the session's starting files (its first incumbent), replicated
+    REPLICATE = "replicate"    # another run of an incumbent's files (noise, hardware effects)
+    VALIDATE = "validate"      # a promoted candidate's validation runs
+    COMBINE = "combine"        # a merge of two validated improvements of one parent
+    CONTROL = "control"        # a re-run of the incumbent interleaved as a drift control
+    CONFIRM = "confirm"        # end-of-session paired re-runs of baseline and incumbent
+
+
+class DecisionStatus(enum.StrEnum):
+    """The keep rule's verdict on one experiment."""
+
+    KEEP = "keep"          # it (or the candidate it validated) is the new incumbent
+    DISCARD = "discard"
+    CRASH = "crash"        # it failed (crash, timeout, no metric, NaN, tampered)
+    PENDING = "pending"    # promoted: awaiting its validation runs
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One slot of a fleet. `hardware` is a class label such as "H100", "H200", "cpu"; `tier` is screen/validate/None."""
+
+    id: str
+    hardware: str = "cpu"
+    tier: str | None = None
+    price_per_hour: float = 0.0
+    speed: float = 1.0  # relative speed, informational (sim fleets know it; real fleets measure it)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything needed to start one experiment: its snapshot directory, command, environment and limits."""
+
+    experiment_id: str
+    workdir: Path
+    command: str
+    env: dict[str, str]
+    timeout_s: float
+    setup: str | None = None
+    description: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # the editable files' content (sim fleets read knobs from it)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the project's notepad. Strategies hand notes back to the loop, which records them."""
+
+    author: str
+    text: str
+    experiment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +130,7 @@ class Proposal:
     seed: int | None = None
     hypothesis: str = ""
     strategy: str = ""
-    role: str = "explore"  # explore | baseline | replicate | validate | combine
+    role: str = Role.EXPLORE  # a Role value
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,7 +144,7 @@ class Experiment:
     state: State
     parent: str | None = None
     strategy: str = ""
-    role: str = "explore"
+    role: str = Role.EXPLORE  # a Role value
     knobs: dict[str, Any] = field(default_factory=dict)
     edits: tuple[Edit, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # editable path -> blob hash
@@ -144,7 +202,7 @@ class Result:
 class Decision:
     """The keep rule's verdict on an experiment: keep (new incumbent), discard, crash, or pending (awaiting validation)."""
 
-    status: str  # keep | discard | crash | pending
+    status: str  # a DecisionStatus value
     reason: str = ""
     numbers: dict[str, Any] = field(default_factory=dict)
 

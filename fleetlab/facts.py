@@ -214,6 +214,9 @@ class Facts:
     gpu_hours_busy: float
     cost_usd: float
     hours_to_best: float | None
+    # the stop rule's view: expected further gain per GPU-hour from a power law fitted to the incumbents' gains
+    # ({gain_per_gpu_hour, exponent, improvements}); None before two improvements
+    projection: dict[str, Any] | None
     noise_sigma: float | None
     warnings: list[str] = field(default_factory=list)
 
@@ -347,7 +350,9 @@ def compute(project, store, tag: str | None = None, now: float | None = None) ->
         started = min(e.queued_at for e in exps)
     ends = [e.finished_at for e in finished if e.finished_at is not None]
     if live:
-        now = time.time() if now is None else now
+        if now is None:  # a simulated fleet's session runs on its virtual clock: its latest event is its now
+            virtual = str(sess.get("executor") or "").startswith("sim")
+            now = max([sess.get("updated_at") or 0.0, *ends]) if virtual else time.time()
         ended = None
     else:
         ended = max([sess.get("updated_at") or 0.0, *ends]) if (ends or sess.get("updated_at")) else started
@@ -389,7 +394,26 @@ def compute(project, store, tag: str | None = None, now: float | None = None) ->
         training_s=training, training_share=share, gpu_hours=available / 3600.0, gpu_hours_busy=busy / 3600.0,
         cost_usd=float(sess.get("cost_usd") or 0.0),
         hours_to_best=(best_at - started) / 3600.0 if best_at is not None and started is not None else None,
+        projection=_projection(goal, store, tag, baseline, started, now, available / 3600.0),
         noise_sigma=sigma, warnings=warnings)
+
+
+def _projection(goal, store, tag, baseline, started, now, gpu_hours) -> dict[str, Any] | None:
+    """fleetlab.analysis.stop's estimate on this session's incumbents: each one's validated gain over the baseline
+    at the GPU-hours held when it took over (held hours taken as spread evenly over the wall-clock)."""
+    from fleetlab.analysis.stop import expected_gain_rate
+
+    if baseline is None or started is None or not now or now <= started or gpu_hours <= 0:
+        return None
+    traj: list[tuple[float, float]] = []
+    for p in incumbent_path(store, tag):
+        g = _signed(goal, baseline["mean"], p["mean"])
+        if g > (traj[-1][1] if traj else 0.0):
+            traj.append((gpu_hours * (p["at"] - started) / (now - started), g))
+    est = expected_gain_rate(traj, gpu_hours) if len(traj) >= 2 else None
+    if est is None:
+        return None
+    return {"gain_per_gpu_hour": est["rate"], "exponent": est["b"], "improvements": len(traj)}
 
 
 def _confirmed(goal: str, finished: list[Experiment], baseline, incumbent) -> dict[str, Any] | None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from fleetlab.experiment import Experiment
-from fleetlab.fleet._base import Worker
+from fleetlab.experiment import Experiment, Worker
 
 __all__ = ["FleetFacts", "WorkerPool", "PRIORITY"]
 
@@ -35,7 +34,7 @@ class WorkerPool:
 
     `tier_of(worker)` (the keep rule's, when it assigns tiers) says which tier a worker without one serves."""
 
-    def __init__(self, tier_of: Callable[[Worker], str] | None = None) -> None:
+    def __init__(self, tier_of: Callable[[Worker], str | None] | None = None) -> None:
         self.workers: list[Worker] = []
         self.busy: set[str] = set()       # ids of the workers running something
         self.dropped: set[str] = set()    # ids of workers removed for good (their setup failed)
@@ -68,8 +67,10 @@ class WorkerPool:
                 return False
         if exp.tier and worker.tier and worker.tier != exp.tier:
             return False
-        if exp.tier and not worker.tier and self.tier_of is not None and self.tier_of(worker) != exp.tier:
-            return False
+        if exp.tier and not worker.tier and self.tier_of is not None:
+            tier = self.tier_of(worker)
+            if tier is not None and tier != exp.tier:
+                return False
         return True
 
     def queued_for_free(self, queue: list[Experiment]) -> int:

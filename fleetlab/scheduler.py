@@ -100,7 +100,8 @@ class Scheduler:
         self._queue: list[Experiment] = []
         self._data: str | None = None  # the data fingerprint the session's runs measured on (`_other_data`)
         self._running: dict[str, _Running] = {}
-        self.pool = WorkerPool(getattr(self.keep_rule, "tier_of", None))
+        self.pool = WorkerPool(self.keep_rule.tier_of)
+        self._followups: list[Proposal] = []  # runs the keep rule's verdicts asked for, queued with its follow-ups
         self._hashes: dict[str, int] = {}
         self._incumbent: Experiment | None = None
         self._last_num = 0
@@ -162,11 +163,12 @@ class Scheduler:
         if not done:
             return
         for exp in done:
-            decision = self.keep_rule.judge(exp, self)
+            verdict = self.keep_rule.judge(exp, self)
+            decision = verdict.decision
             if decision.status == "keep":
                 target = (decision.numbers or {}).get("incumbent_id")
                 self._incumbent = self._exps.get(target, exp) if target else exp
-            for exp_id, d in getattr(self.keep_rule, "pop_decisions", lambda: [])():
+            for exp_id, d in verdict.others:
                 if d.status == "keep" and exp_id in self._exps:
                     self._incumbent = self._exps[exp_id]
         self.keep_rule.followups(self)
@@ -228,7 +230,7 @@ class Scheduler:
         self.emit("started", tag=self.tag, workers=self.pool.workers, resumed=self._session_count > 0)
 
     def _queue_baseline(self) -> None:
-        reps = max(1, int(getattr(self.keep_rule, "baseline_replicates", 1)))
+        reps = max(1, int(self.keep_rule.baseline_replicates))
         prop = Proposal(description="baseline", role="baseline", strategy="baseline", replicates=reps)
         self._add(prop, parent=None)
 
@@ -242,8 +244,13 @@ class Scheduler:
         return Context(goal=self.goal, metric=self.project.metric, incumbent=self._incumbent,
                        baseline_knobs=self._baseline_knobs(), space=space, experiments=self._order,
                        workers=self.pool.workers, free_workers=free, now=self.clock.now(),
-                       extra={"view": self, "materializer": self.materializer, "tag": self.tag,
-                              "store": self.store})
+                       view=self, materializer=self.materializer, tag=self.tag)
+
+    def decisions(self):
+        return self.store.decisions()
+
+    def notes(self, limit: int | None = None):
+        return self.store.notes(limit)
 
     def _baseline_knobs(self) -> dict[str, Any]:
         if self._bk is None:
@@ -293,9 +300,7 @@ class Scheduler:
                 self._reject(prop, str(e))
 
     def _reject(self, prop: Proposal, reason: str) -> None:
-        hook = getattr(self.strategy, "rejected", None)
-        if hook is not None:
-            hook(prop, reason)
+        self.strategy.rejected(prop, reason)
         self.emit("rejected", proposal=prop, reason=reason)
 
     def _want(self) -> int:
@@ -309,7 +314,7 @@ class Scheduler:
             left = 1 << 30
         free = len(self.pool.workers) - len(self._running)
         # a slow strategy (an LLM) may ask to keep more queued: the runs that end while it thinks
-        lookahead = max(self.lookahead, int(getattr(self.strategy, "lookahead_hint", 0) or 0))
+        lookahead = max(self.lookahead, int(self.strategy.lookahead_hint or 0))
         # on a wide fleet runs end every few seconds: ask in batches (one model fit for several proposals, not one
         # each), with a batch's worth more queued so no worker waits for the batch to fill
         batch = max(1, len(self.pool.workers) // 32)
@@ -322,20 +327,18 @@ class Scheduler:
     def _request_proposals(self) -> None:
         if self._request is not None or self._request_ready_at is not None:
             return
-        followups = self.keep_rule.followups(self)
-        if followups:
-            self._accept(followups)
+        self._queue_followups()
         n = self._want()
         if n <= 0:
             return
         ctx = self._context()
-        if getattr(self.strategy, "threaded", False) and not getattr(self.clock, "virtual", False):
+        if self.strategy.threaded and not getattr(self.clock, "virtual", False):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strategy")
             self._request = self._pool.submit(self.strategy.propose, ctx, n)
         else:
             self._request_result = self.strategy.propose(ctx, n)
-            latency = float(getattr(self.strategy, "latency_s", 0.0) or 0.0)
+            latency = float(self.strategy.latency_s or 0.0)
             self._request_ready_at = self.clock.now() + (latency if getattr(self.clock, "virtual", False) else 0.0)
 
     def _receive_proposals(self) -> None:
@@ -351,6 +354,8 @@ class Scheduler:
             props, self._request_result, self._request_ready_at = self._request_result, None, None
         if props is None:
             return
+        for note in self.strategy.notes():
+            self.store.add_note(note.author, note.text, self.clock.now(), note.experiment)
         if not props and not self._running and not self._queue and self.strategy.finished:
             self._strategy_done = True
         self._accept(list(props))
@@ -463,12 +468,11 @@ class Scheduler:
         return c or []
 
     def _maybe_prune(self, run: _Running) -> None:
-        verdict = self.pruner.should_prune(run.exp, self.curve(run.exp.id), self)
-        if verdict:
+        prune = self.pruner.should_prune(run.exp, self.curve(run.exp.id), self)
+        if prune:
             self.executor.cancel(run.handle)
-            bound = getattr(self.pruner, "bounds", {}).pop(run.exp.id, None)
-            extra = {} if bound is None else {"bound": bound}
-            run.exp = run.exp.evolve(meta={**run.exp.meta, "pruned": str(verdict), **extra})
+            extra = {} if prune.bound is None else {"bound": prune.bound}
+            run.exp = run.exp.evolve(meta={**run.exp.meta, "pruned": prune.reason, **extra})
 
     def _finish(self, run: _Running, up) -> None:
         exp = run.exp
@@ -507,10 +511,11 @@ class Scheduler:
             exp = exp.evolve(state=state, metric=metric, extras=extras, exit_code=up.exit_code, finished_at=ended,
                              log_tail=tail, meta={**exp.meta, **meta}, started_at=started)
             self.store.finish(exp.id, state, metric=metric, extras=extras, exit_code=up.exit_code,
-                              finished_at=ended, log_tail=tail, meta=meta, fetch=False)
+                              finished_at=ended, log_tail=tail, meta=meta)
         else:
-            exp = self.store.finish(exp.id, state, metric=metric, extras=extras, exit_code=up.exit_code,
-                                    finished_at=ended, log_tail=tail, meta=meta)
+            self.store.finish(exp.id, state, metric=metric, extras=extras, exit_code=up.exit_code,
+                              finished_at=ended, log_tail=tail, meta=meta)
+            exp = self.store.get(exp.id)
         self._remember(exp)
         self._judge(exp)
 
@@ -538,7 +543,9 @@ class Scheduler:
 
     def _judge(self, exp: Experiment) -> None:
         now = self.clock.now()
-        decision = self.keep_rule.judge(exp, self)
+        verdict = self.keep_rule.judge(exp, self)
+        decision = verdict.decision
+        self._followups.extend(verdict.proposals)
         self.store.add_decision(exp.id, decision, now)
         kept = exp
         if decision.status == "keep":
@@ -548,7 +555,7 @@ class Scheduler:
         self.emit("finished", exp=exp, decision=decision, incumbent=self._incumbent)
         self.strategy.observe(exp, self._context())
         self._tsv_dirty = True
-        for d_exp_id, d in getattr(self.keep_rule, "pop_decisions", lambda: [])():
+        for d_exp_id, d in verdict.others:
             # decisions the rule reached about *other* experiments (validation verdicts)
             self.store.add_decision(d_exp_id, d, now)
             if d.status == "keep":
@@ -613,10 +620,13 @@ class Scheduler:
             return True
         if self._want() != 0:
             return False
-        followups = self.keep_rule.followups(self)  # a rule hands each follow-up out once: queue it, never drop it
-        if followups:
-            self._accept(followups)
+        self._queue_followups()  # a rule hands each follow-up out once: queue it, never drop it
         return not self._queue
+
+    def _queue_followups(self) -> None:
+        props, self._followups = self._followups + self.keep_rule.followups(self), []
+        if props:
+            self._accept(props)
 
     def _baseline_failed(self) -> str | None:
         if self._incumbent is not None:
@@ -637,7 +647,7 @@ class Scheduler:
         if threading.current_thread() is threading.main_thread() and not virtual:
             old = signal.signal(signal.SIGTERM, _raise_interrupt)
         # on a virtual clock nobody else reads the store while we run: one transaction per step, not per write
-        batch = getattr(self.store, "batch", None) if virtual else None
+        batch = self.store.transaction if virtual else None
         try:
             while True:
                 with batch() if batch is not None else contextlib.nullcontext():
@@ -728,9 +738,9 @@ class Scheduler:
                 text = self.executor.logs(run.handle)
             except FleetlabError:
                 pass
-        exp = self.store.finish(run.exp.id, State.CANCELLED, exit_code=up.exit_code if up else None,
-                                finished_at=ended, log_tail=log_tail(text),
-                                meta={"reason": f"cancelled: {self._stop_reason}"})
+        self.store.finish(run.exp.id, State.CANCELLED, exit_code=up.exit_code if up else None,
+                          finished_at=ended, log_tail=log_tail(text), meta={"reason": f"cancelled: {self._stop_reason}"})
+        exp = self.store.get(run.exp.id)
         self._remember(exp)
         self.store.add_decision(exp.id, Decision("discard", "cancelled"), self.clock.now())
 

@@ -60,12 +60,13 @@ def _summary(stdout: str) -> dict:
 
 def _context(project, store, experiments=(), incumbent=None, workers=()):
     from fleetlab.api import knob_space
+    from fleetlab.ledger import StoreView
     from fleetlab.proposals import Materializer
     from fleetlab.strategies._base import Context
 
     return Context(goal=project.goal, metric=project.metric, incumbent=incumbent, baseline_knobs={},
                    space=knob_space(project), experiments=list(experiments), workers=list(workers),
-                   extra={"store": store, "materializer": Materializer(project, store)})
+                   view=StoreView(store, project.goal), materializer=Materializer(project, store))
 
 
 # == the research loop through the real CLI ==========================================================================

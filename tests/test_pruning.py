@@ -10,6 +10,8 @@ from fleetlab.experiment import Experiment, State, format_id
 class View:
     """What the scheduler gives a pruner: incumbent(), curve(id), experiments(), goal."""
 
+    keep_rule = None  # no keep rule to ask unless a test sets one
+
     def __init__(self, goal="minimize"):
         self.goal = goal
         self.exps: list[Experiment] = []
@@ -64,11 +66,11 @@ def test_prunes_a_run_that_cannot_catch_up():
     p = Pruner("minimize", 300)
     e = running(v)
     why = p.should_prune(e, curve_like(1.5, 0.05, 150), v)  # 0.5 worse than anything at the same time
-    assert why and "cannot beat" in why and v.inc.id in why
+    assert why and "cannot beat" in why.reason and v.inc.id in why.reason
     # the censored measurement: the best final it could still have reached, worse than the incumbent, better than
     # where its curve stands now (it would have kept improving)
     now = curve_like(1.5, 0.05, 150)[-1][1]
-    assert v.inc.metric < p.bounds[e.id] < now
+    assert v.inc.metric < why.bound < now
 
 
 def test_keeps_a_run_that_is_behind_by_less_than_history_says_runs_catch_up():
@@ -150,7 +152,7 @@ def test_a_run_is_judged_against_the_incumbent_on_its_own_hardware_class():
     v.keep_rule = _Rule({"H100": 1.45, "H200": 1.0}, sigma=0.01)
     assert p.should_prune(e, late, v) is None  # against the incumbent's H100 runs it may still win
     why = p.should_prune(e, curve_like(1.0 + 0.75, 0.0, 150), v)  # 0.3 behind them: it cannot
-    assert why and "(1.45, its mean on H100)" in why  # the figure it was compared with, not the incumbent's H200 one
+    assert why and "(1.45, its mean on H100)" in why.reason  # the figure it was compared with, not the incumbent's H200 one
 
 
 def test_screen_mode_stops_runs_that_cannot_clear_the_screens_bar():
@@ -165,7 +167,7 @@ def test_screen_mode_stops_runs_that_cannot_clear_the_screens_bar():
     ahead = curve_like(1.0 - 0.03, 0.0, 150)  # may beat it, but by less than the screen's 0.05
     assert plain.should_prune(e, ahead, v) is None
     why = screen.should_prune(e, ahead, v)
-    assert why and "screen" in why
+    assert why and "screen" in why.reason
     assert screen.should_prune(e, curve_like(1.0 - 0.08, 0.0, 150), v) is None  # may clear the bar: it goes on
 
 

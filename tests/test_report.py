@@ -26,7 +26,7 @@ def make(tmp_path: Path, spec: list[tuple], goal: str = "minimize", session: boo
     """A real project and store holding `spec`: (state, metric, description, role, code, decision[, observed]) rows,
     one experiment each in that order; `code` names the content hash; a `keep` decision moves the incumbent."""
     d = tmp_path / "proj"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "fleetlab.toml").write_text(
         '[project]\neditable = ["train.py"]\ncommand = "python train.py"\n'
         f'[metric]\nname = "val_loss"\ngoal = "{goal}"\npattern = \'^val_loss:\\s*(\\S+)\'\n')
@@ -70,41 +70,14 @@ SESSION = [
 ]
 
 
-def test_facts_have_one_definition_of_each_figure(tmp_path):
-    project, store = make(tmp_path, SESSION)
-    f = compute(project, store)
-    assert f.tag == "t" and f.serving is False
-    b, i, g = f.baseline, f.incumbent, f.gain
-    assert b["id"] == "exp-0001" and b["n"] == 3 and b["mean"] == pytest.approx(0.065)
-    assert b["sd"] == pytest.approx(0.001) and b["ci"][0] < 0.065 < b["ci"][1]
-    # the incumbent's mean is over its validation runs: its own screening run (0.050) was picked for looking good
-    assert i["id"] == "exp-0006" and i["n"] == 2 and i["mean"] == pytest.approx(0.055) and i["validated"]
-    assert g["abs"] == pytest.approx(0.010) and g["pct"] == pytest.approx(100 * 0.010 / 0.065)
-    assert g["ci"][0] < g["abs"] < g["ci"][1]
-    assert f.confirmed_gain is None
-    # counts: finished = a final state but cancelled; the baseline is no keep; nothing in flight after the end
-    assert f.experiments == 10
-    c = f.counts
-    assert c["by_decision"] == {"baseline": 1, "keep": 1, "discard": 6, "crash": 1, "pending": 1}
-    assert c["by_state"] == {"done": 8, "crash": 1, "pruned": 1}
-    assert c["by_role"] == {"baseline": 1, "replicate": 2, "explore": 5, "validate": 2}
-    assert c["cancelled"] == 1 and c["queued"] == 1 and c["running"] == 0 and f.queue_depth == 1
-    assert f.idle_workers is None and f.workers == 2
-    assert f.utilization == pytest.approx(6000 / 7200) and f.gpu_hours == pytest.approx(2.0)
-    assert f.cost_usd == 4.5 and f.experiments_per_hour == pytest.approx(10 / f.wall_hours)
-    assert f.training_share == pytest.approx(6.0 / 8.0)
-    assert any("more than once" in w and "exp-0010" in w for w in f.warnings)
-
-
-def test_gain_is_positive_when_better_for_either_goal(tmp_path):
+def test_a_maximised_gain_is_said_to_be_better(tmp_path):
     spec = [(D, 0.90, "baseline", "baseline", "B", "keep"), (D, 0.92, "base", "replicate", "B", "discard"),
             (D, 0.95, "wider", "explore", "K", "keep"), (D, 0.94, "val", "validate", "K", "discard"),
             (D, 0.96, "val", "validate", "K", "discard")]
     project, store = make(tmp_path, spec, goal="maximize")
-    f = compute(project, store)
-    assert f.gain["abs"] == pytest.approx(0.95 - 0.91) and f.gain["pct"] > 0
+    assert compute(project, store).gain["abs"] == pytest.approx(0.95 - 0.91)
     text = Path(write_report(project, store, tmp_path / "r")["html"]).read_text()
-    assert "4.40% better than the baseline" in text or "+4.40%" in text
+    assert "gain +0.04 (+4.40%" in text
 
 
 def test_results_tsv_is_autoresearchs(tmp_path):

@@ -72,9 +72,8 @@ class Scripted(Strategy):
                 self.true_ids.append(found.id)
                 self.current = found.id
         if self.current is not None:
-            store = ctx.extra["store"]
-            hist = store.decision_history(self.current)
-            if hist and hist[-1].status in ("keep", "discard"):
+            latest = ctx.view.decisions().get(self.current)
+            if latest is not None and latest.status in ("keep", "discard"):
                 self.current = None
         if self.current is None and ctx.incumbent is not None and len(self.true_ids) == self.next_good:
             # the next improvement on top of the incumbent
@@ -195,6 +194,17 @@ class Manual:
 
     def __init__(self, rule=None):
         self.exps, self.inc, self.workers_now, self.rule, self.n = {}, None, [], rule or ValidityKeepRule(), 0
+        self.keep_rule, self.verdicts, self.props = self.rule, [], []
+
+    def pop_decisions(self):
+        """Verdicts about other experiments that came back with the judgements since the last call."""
+        out, self.verdicts = self.verdicts, []
+        return out
+
+    def followups(self):
+        """Runs asked for with the judgements since the last call, then the rule's own follow-ups (the loop's order)."""
+        out, self.props = self.props + self.rule.followups(self), []
+        return out
 
     def get(self, i):
         return self.exps[i]
@@ -212,7 +222,10 @@ class Manual:
         e = Experiment(id=f"exp-{self.n:04d}", tag="t", description=role, state=State.DONE, role=role, parent=parent,
                        content_hash=key, metric=value, hardware=hardware, lines_added=added, lines_removed=removed)
         self.exps[e.id] = e
-        d = self.rule.judge(e, self)
+        v = self.rule.judge(e, self)
+        self.verdicts.extend(v.others)
+        self.props.extend(v.proposals)
+        d = v.decision
         if d.status == "keep":
             self.inc = e
         return e, d
@@ -232,7 +245,7 @@ def test_simplification_equal_within_noise_is_kept(tmp_path):
     assert d.status == "pending" and "removes 28 lines" in d.reason
     for _ in range(3):
         run("validate", "short", 1.0 + rng.gauss(0, 0.01), parent=cand.id)
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert cid == cand.id and verdict.status == "keep" and "removes 28 lines" in verdict.reason
     # a gain within noise bought with much new code is discarded at screening (nothing to flag: not kept)
     _, d = run("explore", "long", 1.0, parent=cand.id, added=80)
@@ -248,19 +261,19 @@ def test_verdict_waits_for_the_incumbents_fresh_replicates_not_its_validation_ru
     assert d.status == "pending"
     for x in (0.9900, 0.9905, 0.9895):
         run("validate", "A", x, parent=a.id)
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert cid == a.id and verdict.status == "keep"
     view.inc = a
-    assert [p.role for p in rule.followups(view)] == ["validate", "replicate"]  # A's validation; then its fresh runs
+    assert [p.role for p in view.followups()] == ["validate", "replicate"]  # A's validation; then its fresh runs
     b, d = run("explore", "B", 0.985, parent=a.id)
     assert d.status == "pending"
     for x in (0.9845, 0.9850, 0.9855):
         run("validate", "B", x, parent=b.id)
-    assert rule.pop_decisions() == []  # A has only its validation runs (a lucky draw): wait
+    assert view.pop_decisions() == []  # A has only its validation runs (a lucky draw): wait
     run("replicate", "A", 0.991, parent=a.id)
-    assert rule.pop_decisions() == []
+    assert view.pop_decisions() == []
     run("replicate", "A", 0.990, parent=a.id)
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert cid == b.id and verdict.status == "keep" and verdict.numbers["compared"] == "same class"
     assert verdict.numbers["inc_n"] == 2
 
@@ -272,13 +285,13 @@ def test_incumbent_replicates_per_class_on_a_mixed_fleet():
     view.workers_now = [SimpleNamespace(hardware=hw, speed=sp, price_per_hour=0.0, tier=None)
                         for hw, sp in (("H100", 1.0), ("H100", 1.0), ("H200", 1.08))]
     view.run("baseline", "base", 1.0, hardware="H100")
-    props = view.rule.followups(view)
+    props = view.followups()
     assert {(p.hardware, p.replicates) for p in props} == {("H100", 2), ("H200", 3)}  # R per class, 1 done
     view = Manual(ValidityKeepRule(replicates=3, class_replicates=5))
     view.workers_now = [SimpleNamespace(hardware="H100", speed=1.0, price_per_hour=0.0, tier=None),
                         SimpleNamespace(hardware="H200", speed=1.08, price_per_hour=0.0, tier=None)]
     view.run("baseline", "base", 1.0, hardware="H200")
-    assert {(p.hardware, p.replicates) for p in view.rule.followups(view)} == {("H100", 5), ("H200", 4)}
+    assert {(p.hardware, p.replicates) for p in view.followups()} == {("H100", 5), ("H200", 4)}
 
 
 def test_welch_one_sided_borrows_the_pooled_sigma():
@@ -306,7 +319,7 @@ def test_one_keep_per_incumbent_in_a_batch_of_verdicts():
         for cand in order:
             d = Decision("keep", f"validated {cand}", {"inc": "exp-0001", "gain": gains[cand]})
             rule._verdicts.append((cand, rule._one_keep_per_incumbent(cand, d)))
-        verdicts = dict(rule.pop_decisions())
+        verdicts = dict(rule._pop_verdicts())
         assert verdicts["large"].status == "keep"
         assert verdicts["small"].status == "discard" and verdicts["small"].numbers["outranked_by"] == "large"
     rule = ValidityKeepRule()  # against different incumbents both stand
@@ -322,9 +335,9 @@ def _inconclusive_candidate(rule, workers=()):
     for x in (1.0, 1.01, 0.99, 1.005, 0.995, 1.0):
         view.run("baseline" if view.n < 3 else "replicate", "base", x, parent=None if view.n < 3 else "exp-0001")
     view.inc = view.exps["exp-0001"]
-    rule.followups(view)
+    view.followups()
     cand, d = view.run("explore", "A", 0.98, parent="exp-0001")
-    assert d.status == "pending" and [p.role for p in rule.followups(view)] == ["validate"]
+    assert d.status == "pending" and [p.role for p in view.followups()] == ["validate"]
     for x in (0.995, 0.993, 0.997):
         view.run("validate", "A", x, parent=cand.id)
     return view, cand
@@ -333,14 +346,14 @@ def _inconclusive_candidate(rule, workers=()):
 def test_an_inconclusive_verdict_gets_another_round_instead_of_a_discard():
     view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=2))
     rule = view.rule
-    assert rule.pop_decisions() == [] and rule.describe()["pending"] == [cand.id]
-    props = rule.followups(view)
+    assert view.pop_decisions() == [] and rule.describe()["pending"] == [cand.id]
+    props = view.followups()
     assert [(p.role, p.parent, p.replicates) for p in props] == [("validate", cand.id, 3), ("replicate", "exp-0001", 3)]
     for x in (1.0, 1.004, 0.996):
         view.run("replicate", "base", x, parent="exp-0001")
     for x in (0.990, 0.991, 0.989):
         view.run("validate", "A", x, parent=cand.id)
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert cid == cand.id and verdict.status == "keep"
     n = verdict.numbers
     assert n["rounds"] == 2 and n["n"] == 6 and n["inc_n"] == 9
@@ -350,7 +363,7 @@ def test_an_inconclusive_verdict_gets_another_round_instead_of_a_discard():
 
 def test_without_added_rounds_the_same_evidence_is_discarded_at_once():
     view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=0))
-    (cid, verdict), = view.rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert cid == cand.id and verdict.status == "discard" and "screening false positive" in verdict.reason
     assert verdict.numbers["alpha"] == 0.05 and 0.05 < verdict.numbers["p"] < 0.4
 
@@ -358,16 +371,16 @@ def test_without_added_rounds_the_same_evidence_is_discarded_at_once():
 def test_added_rounds_stop_at_extend_rounds_and_clear_nulls_are_not_extended():
     view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=1))
     rule = view.rule
-    assert rule.pop_decisions() == []
+    assert view.pop_decisions() == []
     for x in (1.0, 0.999, 1.001, 0.998):
         view.run("validate", "A", x, parent=cand.id)  # one more than asked: the verdict comes with the third
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert verdict.status == "discard" and verdict.numbers["rounds"] == 2  # no third round
     b, d = view.run("explore", "B", 0.975, parent="exp-0001")
     assert d.status == "pending"
     for x in (1.01, 1.012, 1.008):  # worse than the incumbent: p ≈ 1, nothing to extend
         view.run("validate", "B", x, parent=b.id)
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert cid == b.id and verdict.status == "discard" and verdict.numbers["rounds"] == 1
 
 
@@ -386,17 +399,17 @@ def test_alpha_spending_keeps_the_null_keep_rate_at_alpha():
                 view.run("baseline" if view.n < 3 else "replicate", "base", rng.gauss(1.0, 0.01),
                          parent=None if view.n < 3 else "exp-0001")
             view.inc = view.exps["exp-0001"]
-            rule.followups(view)
+            view.followups()
             cand, d = view.run("explore", "A", 0.9, parent="exp-0001")
             verdicts = []
             while not verdicts:
-                for p in rule.followups(view):
+                for p in view.followups():
                     for _ in range(p.replicates):
                         if p.role == "validate":
                             view.run("validate", "A", rng.gauss(1.0 - gain, 0.01), parent=cand.id)
                         else:
                             view.run("replicate", "base", rng.gauss(1.0, 0.01), parent="exp-0001")
-                verdicts = rule.pop_decisions()
+                verdicts = view.pop_decisions()
                 if not verdicts and not rule._pending:
                     break
             n_kept += bool(verdicts) and verdicts[0][1].status == "keep"
@@ -419,13 +432,13 @@ def test_a_small_fleet_adds_no_rounds_and_tests_at_the_full_alpha():
     rule._refresh_fleet(SimpleNamespace(workers_now=fleet(2)))
     assert rule.max_rounds() == 0
     view, cand = _inconclusive_candidate(rule, workers=fleet(2))
-    (cid, verdict), = rule.pop_decisions()
+    (cid, verdict), = view.pop_decisions()
     assert verdict.status == "discard" and verdict.numbers["alpha"] == 0.05
     for n, rounds in ((4, 1), (6, 2), (8, 3), (64, 3)):
         rule._refresh_fleet(SimpleNamespace(workers_now=fleet(n)))
         assert rule.max_rounds() == rounds
     view, cand = _inconclusive_candidate(ValidityKeepRule(extend_rounds=3), workers=fleet(8))
-    assert view.rule.pop_decisions() == []  # another round
+    assert view.pop_decisions() == []  # another round
 
 
 def test_combinations_skip_alternatives_on_the_same_knob_and_configs_already_run():
@@ -453,5 +466,5 @@ def test_combinations_skip_alternatives_on_the_same_knob_and_configs_already_run
     rule._improved["exp-0001"].append(c.id)
     d = exp(6, TB=2**18)  # the same change again (another strategy's copy)
     rule._propose_combinations("exp-0001", d.id, view, kept=False)
-    merged = [{**view.exps[p.parent].knobs, **p.knobs} for p in rule.followups(view) if p.role == "combine"]
+    merged = [{**view.exps[p.parent].knobs, **p.knobs} for p in view.followups() if p.role == "combine"]
     assert merged == [{"AR": 96, "TB": 2**18}]  # 112 + 2**18 was run already; C's copy brings nothing new

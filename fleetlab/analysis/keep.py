@@ -1,47 +1,27 @@
 """The keep rule: the one place that decides whether an experiment becomes the incumbent.
 
 `SimpleKeepRule` is autoresearch's rule ("lower than before"): a finished experiment is kept when it beats its
-parent and the current incumbent. The research-validity rule replaces it through the same interface.
+parent and the current incumbent. The research-validity rule replaces it through the same interface
+(`fleetlab.analysis._base.KeepRule`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
+from fleetlab.analysis._base import KeepRule, SessionView, Verdict
 from fleetlab.experiment import Decision, Experiment, State, better
 
-if TYPE_CHECKING:
-    from fleetlab.experiment import Proposal
+View = SessionView  # the name rules used before the view had its own contract
 
-
-class View(Protocol):
-    """What a keep rule may read from the running session (the scheduler provides it)."""
-
-    goal: str
-
-    def get(self, exp_id: str) -> Experiment: ...
-
-    def incumbent(self) -> Experiment | None: ...
-
-    def experiments(self) -> list[Experiment]: ...
-
-
-class KeepRule:
-    """Interface: `judge` every finished experiment; `followups` may ask for more runs (replicates, validation)."""
-
-    name = "keep-rule"
-
-    def judge(self, exp: Experiment, view: View) -> Decision:
-        raise NotImplementedError
-
-    def followups(self, view: View) -> list["Proposal"]:
-        return []
+__all__ = ["KeepRule", "SimpleKeepRule", "Verdict", "View"]
 
 
 class SimpleKeepRule(KeepRule):
     name = "simple"
 
-    def judge(self, exp: Experiment, view: View) -> Decision:
+    def judge(self, exp: Experiment, view: SessionView) -> Verdict:
+        return Verdict(self._decide(exp, view))
+
+    def _decide(self, exp: Experiment, view: SessionView) -> Decision:
         if exp.state is not State.DONE or exp.metric is None:
             status = "crash" if exp.state.is_failure else "discard"
             return Decision(status, f"no result ({exp.state.value})")

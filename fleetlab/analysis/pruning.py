@@ -47,9 +47,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleetlab.analysis import _base
+from fleetlab.analysis._base import Prune
 from fleetlab.experiment import Experiment, State
 
-__all__ = ["Pruner", "make_pruner"]
+__all__ = ["Pruner", "Prune", "make_pruner"]
 
 
 def _interp(curve: list[tuple[float, float]], t: float) -> float:
@@ -62,7 +64,7 @@ def _interp(curve: list[tuple[float, float]], t: float) -> float:
     return curve[-1][1]
 
 
-class Pruner:
+class Pruner(_base.Pruner):
     def __init__(self, goal: str = "minimize", time_budget_s: float = 300.0, *, min_fraction: float = 0.2,
                  max_fraction: float = 0.9, min_history: int = 5, slack: float = 0.5, margin: float = 0.0,
                  history: int = 300, grid: int = 60, quantile: float = 0.95, screen: bool = True):
@@ -78,7 +80,6 @@ class Pruner:
         self._matrix = None
         self.checks = 0
         self.pruned = 0
-        self.bounds: dict[str, float] = {}  # experiment id -> the best final metric it could still have reached
 
     def _score(self, m: float) -> float:
         return m if self.goal == "minimize" else -m
@@ -124,7 +125,7 @@ class Pruner:
         top = col.max() if self.quantile >= 1.0 else np.quantile(col, self.quantile)
         return float(top + self.slack * col.std())
 
-    def should_prune(self, exp: Experiment, curve: list[tuple[float, float]], view: Any) -> str | None:
+    def should_prune(self, exp: Experiment, curve: list[tuple[float, float]], view: Any) -> Prune | None:
         if not curve or exp.role != "explore" or exp.meta.get("prune") is False:
             return None
         t, m = curve[-1]
@@ -144,25 +145,24 @@ class Pruner:
         if best_case <= target:
             return None
         self.pruned += 1
-        self.bounds[exp.id] = self._score(best_case)
         inc_curve = view.curve(inc.id)
         at = f", incumbent {_interp(inc_curve, t):.6g} at the same time" if inc_curve else ""
         ref = (f"{inc_mean:.6g}, its mean on {exp.hardware}" if inc_mean is not None and exp.hardware
                else f"{inc.metric:.6g}")
         beat = f"beat {inc.id} ({ref})" + (f" by the screen's {bar:.4g}" if bar else "")
-        return (f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
-                f"so it cannot {beat}")
+        return Prune(f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
+                     f"so it cannot {beat}", bound=self._score(best_case))
 
     def _reference(self, exp: Experiment, inc: Experiment, view: Any) -> tuple[float | None, float]:
         """(the incumbent's mean on this run's hardware class as the keep rule will compare them, or None when the
         rule has no per-class reference; the screen's bar k·σ on that class, or 0 without `screen`). A run on an H100
         is judged against the incumbent's H100 runs, not its H200 one: the H200 is ~0.005 better for the same config,
         and comparing across classes stopped runs that would have won on their own class."""
-        rule = getattr(view, "keep_rule", None)
+        rule = view.keep_rule
         hw = exp.hardware or "unknown"
-        ref = rule.reference(inc, hw) if rule is not None and hasattr(rule, "reference") else None
+        ref = rule.reference(inc, hw) if rule is not None else None
         mean = ref[0].mean if ref is not None else None
-        if not self.screen or not hasattr(rule, "sigma") or not hasattr(rule, "k_sigma"):
+        if not self.screen or rule is None or not rule.k_sigma:
             return mean, 0.0
         sigma = rule.sigma(hw) or rule.sigma()
         return mean, (float(rule.k_sigma) * float(sigma) if sigma else 0.0)

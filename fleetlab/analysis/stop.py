@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fleetlab.analysis import _base
+
 __all__ = ["StopRule", "fit_power_law", "expected_gain_rate"]
 
 
@@ -54,7 +56,7 @@ def expected_gain_rate(trajectory: list[tuple[float, float]], now: float, window
     return {"rate": b * level / now, "a": a, "b": b, "gain": g_now, "points": len(recent)}
 
 
-class StopRule:
+class StopRule(_base.StopRule):
     """Stops a session in diminishing returns; also keeps the trajectory that reports and benchmarks read."""
 
     def __init__(self, min_gain_per_gpu_hour: float = 0.0, min_improvements: int = 3, warmup: float = 0.5,
@@ -83,9 +85,8 @@ class StopRule:
         return cls(min_gain_per_gpu_hour=value)
 
     def _value(self, view: Any, inc: Any) -> float | None:
-        rule = getattr(view, "keep_rule", None)
-        estimate = getattr(rule, "estimate", None)
-        v = estimate(inc) if estimate is not None else None
+        rule = view.keep_rule
+        v = rule.estimate(inc) if rule is not None else None
         return float(v) if v is not None else (float(inc.metric) if inc.metric is not None else None)
 
     def observe(self, view: Any, gpu_hours: float) -> None:
@@ -99,7 +100,7 @@ class StopRule:
         if self.baseline is None:
             self.baseline = value
             return
-        goal = getattr(view, "goal", "minimize")
+        goal = view.goal
         gain = (self.baseline - value) if goal == "minimize" else (value - self.baseline)
         best = self.trajectory[-1][1] if self.trajectory else 0.0
         if gain > best:

@@ -12,7 +12,7 @@ How a result travels (every number it is judged by lands in `Decision.numbers`, 
    (default 0.05, the issue's) and by more than `min_effect`; otherwise it is discarded as a screening false
    positive. The incumbent's side of the test is its fresh replicates: a verdict waits for them rather than use the
    incumbent's own validation runs, which were selected for looking good (on the planted benchmark 15 of the 16 true
-   3σ improvements judged against them were discarded). The verdict reaches the scheduler through `pop_decisions()`.
+   3σ improvements judged against them were discarded). The verdict comes back with the next `judge` (`Verdict.others`).
    An inconclusive verdict (a gain, α ≤ p < `extend_p`) is not a discard but another round: R more validation
    runs and R fresh incumbent runs on the class validated on, up to `extend_rounds` rounds (default 3; at most
    workers / 2 - 1, so none on 2 or 3 workers), the test redone on all runs each time. α is spent across the
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.analysis.hardware import assign_tiers, offsets, rank_classes
-from fleetlab.analysis.keep import KeepRule, View
+from fleetlab.analysis._base import KeepRule, SessionView as View, Verdict
 from fleetlab.analysis.noise import UNBIASED_ROLES, Measurements, Stat
 from fleetlab.experiment import Decision, Experiment, Proposal, State
 
@@ -137,7 +137,7 @@ class ValidityKeepRule(KeepRule):
 
     # == fleet shape ================================================================================================
     def _refresh_fleet(self, view: View) -> None:
-        workers = getattr(view, "workers_now", None) or []
+        workers = view.workers_now or []
         key = (id(workers), len(workers))  # the scheduler replaces its worker list whenever the fleet changes
         if key == self._workers_key:
             return
@@ -233,7 +233,13 @@ class ValidityKeepRule(KeepRule):
         return inc - cand if goal == "minimize" else cand - inc
 
     # == judging ====================================================================================================
-    def judge(self, exp: Experiment, view: View) -> Decision:
+    def judge(self, exp: Experiment, view: View) -> Verdict:
+        """The decision about `exp`, the verdicts reached meanwhile about candidates, the runs it asked for."""
+        decision = self._judge(exp, view)
+        props, self._out = self._out, []
+        return Verdict(decision, tuple(self._pop_verdicts()), tuple(props))
+
+    def _judge(self, exp: Experiment, view: View) -> Decision:
         self._refresh_fleet(view)
         hw = exp.hardware or "unknown"
         key = exp.content_hash or exp.id
@@ -563,7 +569,7 @@ class ValidityKeepRule(KeepRule):
             if (e.content_hash or e.id) == key and e.role in ("baseline", "replicate") and not e.state.is_final:
                 hw = e.hardware or e.want_hardware or (classes[0] if self.mixed else classes[-1])
                 if e.hardware is None and e.want_hardware is None and self.mixed:
-                    hw = max(classes, key=lambda c: sum(1 for w in getattr(view, "workers_now", []) if w.hardware == c))
+                    hw = max(classes, key=lambda c: sum(1 for w in view.workers_now if w.hardware == c))
                 have[hw] = have.get(hw, 0) + 1
         props = []
         if not self.mixed:
@@ -580,7 +586,7 @@ class ValidityKeepRule(KeepRule):
                                       role="replicate", replicates=want, hardware=hw, strategy="validity"))
         return props
 
-    def pop_decisions(self) -> list[tuple[str, Decision]]:
+    def _pop_verdicts(self) -> list[tuple[str, Decision]]:
         out, self._verdicts = self._verdicts, []
         return out
 

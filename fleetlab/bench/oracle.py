@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleetlab.analysis.keep import KeepRule
+from fleetlab.analysis._base import KeepRule, Verdict
 from fleetlab.experiment import Decision, Experiment, State
 from fleetlab.strategies._results import score
 
@@ -36,7 +36,10 @@ class TruthKeepRule(KeepRule):
             return None
         return None if value is None else score(value, self.goal)
 
-    def judge(self, exp: Experiment, view: Any) -> Decision:
+    def judge(self, exp: Experiment, view: Any) -> Verdict:
+        return Verdict(self._decide(exp, view))
+
+    def _decide(self, exp: Experiment, view: Any) -> Decision:
         if exp.state is not State.DONE or exp.metric is None:
             return Decision("crash" if exp.state.is_failure else "discard", f"no result ({exp.state.value})")
         inc = view.incumbent()

@@ -23,31 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fleetlab.experiment import RunSpec, Worker  # records; re-exported for the executors and older imports
 
-@dataclass(frozen=True)
-class Worker:
-    """One slot of a fleet. `hardware` is a class label such as "H100", "H200", "cpu"; `tier` is screen/validate/None."""
-
-    id: str
-    hardware: str = "cpu"
-    tier: str | None = None
-    price_per_hour: float = 0.0
-    speed: float = 1.0  # relative speed, informational (sim fleets know it; real fleets measure it)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything needed to start one experiment: its snapshot directory, command, environment and limits."""
-
-    experiment_id: str
-    workdir: Path
-    command: str
-    env: dict[str, str]
-    timeout_s: float
-    setup: str | None = None
-    description: str = ""
-    files: dict[str, str] = field(default_factory=dict)  # the editable files' content (sim fleets read knobs from it)
-    seed: int = 0
+__all__ = ["Executor", "Handle", "Update", "RunSpec", "Worker"]
 
 
 @dataclass

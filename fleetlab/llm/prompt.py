@@ -188,23 +188,17 @@ def knob_summary(done: list[Experiment], context, goal: str) -> list[str]:
 
 
 def _notes(context) -> list[str]:
-    store = context.extra.get("store") if isinstance(context.extra, dict) else None
-    if store is None:
+    if context.view is None:
         return []
-    try:
-        notes = store.notes(limit=NOTES)
-    except Exception:  # noqa: BLE001 - a store without notes has an empty notepad
-        return []
+    notes = context.view.notes(limit=NOTES)
     return [f"- [{n.get('author') or '?'}{' on ' + n['experiment'] if n.get('experiment') else ''}] "
             f"{_d(n.get('text') or '', NOTE_CHARS)}" for n in notes]
 
 
 def _statuses(context) -> dict[str, str]:
-    store = context.extra.get("store") if isinstance(context.extra, dict) else None
-    try:
-        return {k: d.status for k, d in store.decisions().items()} if store is not None else {}
-    except Exception:  # noqa: BLE001 - a store without decisions shows none
+    if context.view is None:
         return {}
+    return {k: d.status for k, d in context.view.decisions().items()}
 
 
 def _line(e: Experiment, statuses: dict[str, str]) -> str:

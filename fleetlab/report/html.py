@@ -92,6 +92,9 @@ def _summary_table(f: Facts) -> str:
         _row("training share of busy time", _cell("training_share", f.training_share, ".3f")),
         _row("cost (USD)", _cell("cost_usd", f.cost_usd, ".2f")),
         _row("hours to the incumbent", _cell("hours_to_best", f.hours_to_best, ".4f")),
+        _row("expected gain per further GPU-hour",
+             _cell("projection.gain_per_gpu_hour", f.projection["gain_per_gpu_hour"], ".3g")
+             + f" (power law over {f.projection['improvements']} improvements)" if f.projection else "—"),
         _row("workers", _cell("workers", f.workers)),
     ]
     return "<table>" + "".join(rows) + "</table>"

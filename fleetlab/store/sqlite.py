@@ -134,7 +134,7 @@ class _Batch:
         try:
             st._batch_depth -= 1
             if st._batch_depth == 0:
-                st._db.execute("COMMIT")  # what was written stays written, even when the loop raised
+                st._db.execute("COMMIT")  # what was written stays written, as the loop's memory has it
         finally:
             st._lock.release()
         return False
@@ -158,8 +158,9 @@ class SQLiteStore(Store):
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the results database {self.path}: {e}") from None
 
-    def batch(self) -> _Batch:
-        """A context in which every write shares one transaction (committed at the end)."""
+    def transaction(self) -> _Batch:
+        """A context in which every write shares one transaction (committed at the end: a SIGKILL inside leaves none
+        of it; an exception leaves what was written, as the caller's memory has it)."""
         return _Batch(self)
 
     # -- plumbing -------------------------------------------------------------------------------------------------
@@ -269,7 +270,7 @@ class SQLiteStore(Store):
         self._update(exp_id, {"handle": json.dumps(handle)}, expect=[State.RUNNING])
 
     def finish(self, exp_id, state, *, metric=None, extras=None, exit_code=None, finished_at, log_tail="",
-               meta=None, fetch: bool = True) -> Experiment | None:
+               meta=None) -> None:
         if not state.is_final:
             raise StoreError(f"finish() needs a final state, not {state.value}")
         with self._tx() as db:
@@ -282,7 +283,6 @@ class SQLiteStore(Store):
             db.execute("UPDATE experiments SET state=?, metric=?, extras=?, exit_code=?, finished_at=?, log_tail=?, "
                        "meta=? WHERE id=?", (state.value, metric, json.dumps(extras or {}), exit_code, finished_at,
                                              log_tail[-4000:], merged, exp_id))
-        return self.get(exp_id) if fetch else None
 
     def requeue(self, exp_id: str, reason: str) -> None:
         cur = self.get(exp_id)

@@ -10,6 +10,8 @@ Rules:
 - `observe` is called once per finished experiment of the project, including experiments proposed by other
   strategies, submitted by hand, or recorded in earlier sessions (`context.history` holds those at start-up).
 - Strategies keep their own state small and rebuildable from the store: a restarted run calls `observe` again.
+- Strategies never write the store: what they read of the session is `context.view` (read-only), and the notes they
+  take come back through `notes()`, which the loop calls right after each `propose` and records.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from fleetlab.experiment import Experiment, Proposal
-    from fleetlab.fleet._base import Worker
+    from fleetlab.analysis._base import SessionView
+    from fleetlab.experiment import Experiment, Note, Proposal, Worker
     from fleetlab.knobs import Space
+    from fleetlab.proposals import Materializer
 
 
 @dataclass
@@ -37,7 +40,10 @@ class Context:
     workers: list["Worker"] = field(default_factory=list)
     free_workers: int = 0
     now: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)  # noise floor, hardware notes, notepad, ...
+    extra: dict[str, Any] = field(default_factory=dict)  # what a caller adds: noise floor, main effects, ...
+    view: "SessionView | None" = None                    # the session, read-only (None outside a session)
+    materializer: "Materializer | None" = None          # builds variants from proposals (to pre-validate them)
+    tag: str = ""                                        # the session's tag
 
     @property
     def pending(self) -> list["Experiment"]:
@@ -49,11 +55,14 @@ class Context:
 
 
 class Strategy(abc.ABC):
-    """Base class of every strategy. Subclasses set `name` and implement `propose`; `observe` is optional."""
+    """Base class of every strategy. Subclasses set `name` and implement `propose`; every other hook is optional
+    and declared here with its default (the loop calls nothing else)."""
 
     name: ClassVar[str] = "strategy"
     latency_s: float = 0.0  # simulated design time per `propose` call on a virtual clock
     threaded: bool = False  # True: on the real clock, call `propose` in a background thread (slow strategies)
+    lookahead_hint: int = 0  # proposals to keep queued beyond the free workers (runs that end while it thinks)
+    keep_rule: str = "auto"  # the keep rule the strategy was designed for (the bench harness reads it)
 
     @abc.abstractmethod
     def propose(self, context: Context, n: int) -> list["Proposal"]:
@@ -61,6 +70,13 @@ class Strategy(abc.ABC):
 
     def observe(self, experiment: "Experiment", context: Context) -> None:
         """Told about every finished experiment (any strategy's), once."""
+
+    def rejected(self, proposal: "Proposal", reason: str) -> None:
+        """One of its proposals was refused before it ran (a duplicate, an edit that does not apply), and why."""
+
+    def notes(self) -> list["Note"]:
+        """Notes taken while proposing since the last call, for the project's notepad (the loop records them)."""
+        return []
 
     @property
     def finished(self) -> bool:

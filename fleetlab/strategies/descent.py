@@ -288,11 +288,10 @@ class DescentStrategy(Strategy):
                 for j, k in enumerate(self.nums) if np.ptp(A[:, 1 + j]) > 1e-12]
 
     def _sigma(self, context: Context) -> float | None:
-        rule = getattr(context.extra.get("view"), "keep_rule", None)
-        sigma = getattr(rule, "sigma", None)
-        if sigma is None or self.wave is None:
+        rule = context.view.keep_rule if context.view is not None else None
+        if rule is None or self.wave is None:
             return None
-        vals = [v for v in (sigma(h) for h in {h for _, h, _ in self.wave.data}) if v]
+        vals = [v for v in (rule.sigma(h) for h in {h for _, h, _ in self.wave.data}) if v]
         return max(vals) if vals else None
 
     def describe(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fleetlab.errors import ConfigError, FleetlabError, ProposalRejected
-from fleetlab.experiment import Edit, Proposal
+from fleetlab.experiment import Edit, Note, Proposal
 from fleetlab.llm import prompt as prompts
 from fleetlab.llm.providers import BudgetSpent, LLMError, Provider, make_provider
 from fleetlab.strategies._base import Context, Strategy
@@ -124,6 +124,7 @@ class LLMStrategy(Strategy):
         self._last_error = ""
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
+        self._notes: list[Note] = []  # taken from answers; the loop records them (`notes`)
         self._call_s: deque[float] = deque(maxlen=8)
         self._hint = 0
         self.prompt_chars: list[int] = []
@@ -193,11 +194,10 @@ class LLMStrategy(Strategy):
             return [], e
 
     def _ask(self, agent: _Agent, context: Context, k: int) -> list[Proposal]:
-        from fleetlab.proposals import Materializer
-
-        extra = context.extra if isinstance(context.extra, dict) else {}
-        store = extra.get("store")
-        mat = extra.get("materializer") or Materializer(self.project, store)
+        mat = context.materializer
+        if mat is None:
+            raise ConfigError("the llm strategy proposes inside a session (its context has no materializer)",
+                              key="strategy")
         parent = context.incumbent
         files = mat.files_of(parent)
         if hasattr(self.provider, "space"):
@@ -212,7 +212,7 @@ class LLMStrategy(Strategy):
             self.prompt_log.append((len(context.finished), agent.last_prompt_chars))
         messages = [{"role": "user", "content": user}]
         answer = self._answer(system, messages)
-        self._take_notes(answer, agent, store)
+        self._take_notes(answer, agent)
         accepted, rejected = self._validate(answer, mat, parent, agent)
         if rejected:  # returned to the model once, with the reasons
             messages.append({"role": "user", "content": _feedback(rejected)})
@@ -222,7 +222,7 @@ class LLMStrategy(Strategy):
                 if isinstance(e, BudgetSpent):
                     raise
                 again = {"proposals": []}
-            self._take_notes(again, agent, store)
+            self._take_notes(again, agent)
             ok, still = self._validate(again, mat, parent, agent)
             accepted += ok
             for desc, reason in still:
@@ -269,13 +269,19 @@ class LLMStrategy(Strategy):
             ok.append(prop)
         return ok, bad
 
-    def _take_notes(self, answer: dict[str, Any], agent: _Agent, store) -> None:
+    def _take_notes(self, answer: dict[str, Any], agent: _Agent) -> None:
         notes = answer.get("notes") or []
-        if store is None or not isinstance(notes, list):
+        if not isinstance(notes, list):
             return
-        for text in notes[:5]:
-            if isinstance(text, str) and text.strip():
-                store.add_note(agent.name, " ".join(text.split())[:1000], time.time())
+        with self._lock:
+            for text in notes[:5]:
+                if isinstance(text, str) and text.strip():
+                    self._notes.append(Note(agent.name, " ".join(text.split())[:1000]))
+
+    def notes(self) -> list[Note]:
+        with self._lock:
+            out, self._notes = self._notes, []
+        return out
 
     def _update_hint(self, context: Context) -> None:
         """Workers expected to free up while one call is answered: ceil(workers * call time / run time)."""

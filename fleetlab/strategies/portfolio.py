@@ -3,7 +3,7 @@ member is told every result (so each learns from all)."""
 
 from __future__ import annotations
 
-from fleetlab.experiment import Proposal
+from fleetlab.experiment import Note, Proposal
 from fleetlab.strategies._base import Context, Strategy
 
 
@@ -13,8 +13,8 @@ class Portfolio(Strategy):
     def __init__(self, members: list[tuple[Strategy, float]]):
         self.members = members
         self.name = ",".join(m.name for m, _ in members)
-        self.latency_s = max((getattr(m, "latency_s", 0.0) for m, _ in members), default=0.0)
-        self.threaded = any(getattr(m, "threaded", False) for m, _ in members)
+        self.latency_s = max((m.latency_s for m, _ in members), default=0.0)
+        self.threaded = any(m.threaded for m, _ in members)
         self._given = [0] * len(members)  # slots handed to each member so far
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
@@ -35,8 +35,15 @@ class Portfolio(Strategy):
 
     def rejected(self, proposal: Proposal, reason: str) -> None:
         for member, _ in self.members:
-            if member.name == proposal.strategy and hasattr(member, "rejected"):
+            if member.name == proposal.strategy:
                 member.rejected(proposal, reason)
+
+    @property
+    def lookahead_hint(self) -> int:
+        return max((m.lookahead_hint for m, _ in self.members), default=0)
+
+    def notes(self) -> list[Note]:
+        return [n for m, _ in self.members for n in m.notes()]
 
     @property
     def finished(self) -> bool:
