@@ -258,6 +258,49 @@ def results(opened: Opened, tag: str | None = None, agent: str | None = None) ->
                             if agent is None or e.meta.get("agent") == agent])
 
 
+def show(opened: Opened, exp_id: str) -> dict[str, Any]:
+    """One experiment as `fleetlab show --json` prints it: its record, every decision taken on it, log tail, meta."""
+    store = opened.store
+    e = store.get(exp_id)
+    rec = records(opened, [e])[0]
+    rec["decision_history"] = [d.__dict__ for d in store.decision_history(e.id)]
+    rec["log_tail"] = e.log_tail
+    rec["meta"] = {k: v for k, v in e.meta.items() if k != "readonly_hashes"}
+    return rec
+
+
+def diff(opened: Opened, exp_id: str, against: str | None = None) -> str:
+    """Unified diff of an experiment's editable files against another experiment's (default: its parent; the
+    project's own files when it has none)."""
+    from fleetlab.proposals import Materializer
+    from fleetlab.workspace import unified_diff
+
+    store = opened.store
+    e = store.get(exp_id)
+    other_id = against or e.parent
+    other = store.get(other_id) if other_id else None
+    m = Materializer(opened.project, store)
+    return unified_diff(m.files_of(other), m.files_of(e))
+
+
+def log_text(opened: Opened, exp_id: str, tail_chars: int | None = None) -> str:
+    """The run's whole log (its last `tail_chars` characters), or the stored tail when the log file is gone."""
+    e = opened.store.get(exp_id)
+    log = Path(e.log_path) if e.log_path else None
+    text = log.read_text(errors="replace") if log and log.is_file() else e.log_tail or ""
+    return text[-tail_chars:] if tail_chars else text
+
+
+def add_note(opened: Opened, author: str, text: str, experiment: str | None = None) -> int:
+    """Add a note to the shared notepad; an unknown experiment id is refused before anything is written."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("a note needs its text", key="text")
+    if experiment:
+        opened.store.get(experiment)
+    return opened.store.add_note(author or "anonymous", text, time.time(), experiment)
+
+
 def fmt_metric(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"

@@ -130,7 +130,13 @@ def cmd_run(a) -> int:
         return 0
     # a shell's `&` starts background jobs with SIGINT ignored: Ctrl-C and `kill -INT` must still stop cleanly
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    server = None
     try:
+        if a.serve:
+            from fleetlab.serve import Background
+
+            server = Background(opened.project.root, a.serve_host, a.serve_port, a.serve_token).start()
+            print(server.binding.banner(), flush=True)
         console = _console()
         out = run_session(opened, _run_options(a), on_event=_Printer(console, opened.project.metric, a.quiet))
         if isinstance(out, list):
@@ -147,6 +153,8 @@ def cmd_run(a) -> int:
             return 1  # nothing can run until the fleet is mended (setup failed, or workers measure on other data)
         return 130 if out.stop_reason == "interrupted" else 0
     finally:
+        if server is not None:
+            server.stop()
         opened.close()
 
 
@@ -165,7 +173,7 @@ def cmd_submit(a) -> int:
 
 
 def cmd_wait(a) -> int:
-    from fleetlab.api import open_project, records, wait
+    from fleetlab.api import experiment_record, open_project, wait
 
     opened = open_project(a.C)
     try:
@@ -177,7 +185,8 @@ def cmd_wait(a) -> int:
                                                     f"{seen['queue_depth']}")
             return 0
         done = wait(opened.store, a.ids or None, any_=a.any, timeout=a.timeout)
-        recs = records(opened, done)
+        decisions = opened.store.decisions()
+        recs = [experiment_record(e, decisions.get(e.id)) for e in done]
         if a.json:
             _print_json(recs)
         else:
@@ -264,7 +273,7 @@ def cmd_results(a) -> int:
 
 def cmd_show(a) -> int:
     from fleetlab.agents import diff_against, resolve_id
-    from fleetlab.api import experiment_record, open_project
+    from fleetlab.api import log_text, open_project, show
 
     opened = open_project(a.C)
     try:
@@ -272,16 +281,12 @@ def cmd_show(a) -> int:
             label, text = diff_against(opened, a.id, a.against or "parent")
             print(text or f"(no change against {label})")
             return 0
-        store = opened.store
-        e = store.get(resolve_id(store, a.id))  # `incumbent` and `baseline` name those experiments
+        a.id = resolve_id(opened.store, a.id)  # `incumbent` and `baseline` name those experiments
         if a.log:
-            log = Path(e.log_path) if e.log_path else None
-            print(log.read_text() if log and log.is_file() else e.log_tail or "(no log)")
+            print(log_text(opened, a.id) or "(no log)")
             return 0
-        rec = experiment_record(e, store.decisions().get(e.id))
-        rec["decision_history"] = [d.__dict__ for d in store.decision_history(e.id)]
-        rec["log_tail"] = e.log_tail
-        rec["meta"] = {k: v for k, v in e.meta.items() if k != "readonly_hashes"}
+        rec = show(opened, a.id)
+        e = opened.store.get(a.id)
         if a.json:
             _print_json(rec)
             return 0
@@ -395,12 +400,9 @@ def cmd_notes(a) -> int:
     opened = open_project(a.C)
     try:
         if a.action == "add":
-            text = " ".join(a.text).strip()
-            if not text:
-                from fleetlab.errors import ConfigError
+            from fleetlab.api import add_note
 
-                raise ConfigError("`fleetlab notes add` needs the note's text")
-            n = opened.store.add_note(a.agent or a.author, text, time.time(), a.experiment)
+            n = add_note(opened, a.agent or a.author, " ".join(a.text), a.experiment)
             print(f"note {n} added")
             return 0
         notes = opened.store.notes(limit=None if a.agent else a.last)
@@ -416,6 +418,12 @@ def cmd_notes(a) -> int:
         return 0
     finally:
         opened.close()
+
+
+def cmd_serve(a) -> int:
+    from fleetlab.serve import serve
+
+    return serve(a.C, a.host, a.port, a.token, say=lambda line: print(line, flush=True))
 
 
 def cmd_agent_guide(a) -> int:
@@ -482,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strategy", help="auto | random | factorial | optuna | llm | baseline | none | a,b portfolio")
     sp.add_argument("--tag", help="session tag (default: resume the unfinished session or make a new one)")
     sp.add_argument("--max-experiments", type=int)
+    sp.add_argument("--serve", action="store_true", help="serve the dashboard and JSON API beside the session")
+    sp.add_argument("--serve-host", default="127.0.0.1")
+    sp.add_argument("--serve-port", type=int, default=8765)
+    sp.add_argument("--serve-token", help="bearer token for the API's writes (default: a new one, printed)")
     sp.add_argument("--max-hours", type=float)
     sp.add_argument("--max-gpu-hours", type=float)
     sp.add_argument("--max-cost", type=float, help="dollars of worker time")
@@ -562,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--experiment")
     sp.add_argument("--last", type=int)
     sp.add_argument("--agent", metavar="NAME", help="add: write as NAME; list: only NAME's notes")
+
+    sp = add("serve", cmd_serve, "live dashboard and JSON API over the project's results")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback needs --token)")
+    sp.add_argument("--port", type=int, default=8765, help="0: any free port")
+    sp.add_argument("--token", help="bearer token for writes (default: a new one, printed at start)")
 
     sp = add("agent-guide", cmd_agent_guide, "write AGENTS.md: how an external coding agent drives fleetlab")
     sp.add_argument("--out")
