@@ -1,10 +1,11 @@
 """Research-validity figures on simulated surfaces with a known truth (the closing note's numbers).
 
-    python benchmarks/validity.py [--seeds 20] [--first-seed 0] [--stop-seeds 3] [--threshold 2e-4]
+    python benchmarks/validity.py [--seeds 20] [--first-seed 0] [--stop-seeds 3] [--threshold 2e-4] [--drift -2]
 
 1. Planted surface (tests/test_validity.py): 20 seeds x 4 h on sim:6xH100+2xH200, σ = 0.002, H200 effect -0.005,
    true improvements of exactly 3σ among null changes: σ error, hardware-effect error, nulls kept, 3σ kept, and the
-   share of runs spent on the baseline, replicates and validations.
+   share of runs spent on the baseline, replicates, validations and controls; then again with the fleet's metric
+   drifting by `--drift` σ over the session (`sim:...@drift=D@over=4`).
 2. Stop rule on the `autoresearch` surface (random strategy, sim:13xH100+3xH200, up to 8 h): where it stops, the gain
    reached there vs at 8 h, and the GPU-hours saved against running 8 hours.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
-def planted(seeds: int, first: int = 0, **rule_options) -> dict:
+def planted(seeds: int, first: int = 0, drift: float = 0.0, **rule_options) -> dict:
     """The planted-truth figures over seeds first .. first+seeds-1 (the tests use 0..19).
 
     True 3σ improvements are scored two ways: against their parent (every scripted true improvement that reached a
@@ -40,14 +41,14 @@ def planted(seeds: int, first: int = 0, **rule_options) -> dict:
         for seed in range(first, first + seeds):
             strat = Scripted(seed)
             rule = ValidityKeepRule(**rule_options) if rule_options else None
-            sched, rule, _, _ = simulate(Planted(), "sim:6xH100+2xH200", strat, 4.0, Path(tmp) / f"p{seed}", seed,
-                                         rule=rule)
+            fleet = "sim:6xH100+2xH200" + (f"@drift={drift * SIGMA}@over=4" if drift else "")
+            sched, rule, _, _ = simulate(Planted(), fleet, strat, 4.0, Path(tmp) / f"p{seed}", seed, rule=rule)
             surface = Planted()
             sig.append(abs(rule.meas.sigma() - SIGMA) / SIGMA)
             hw.append(abs(rule.hardware_offsets()["H200"] + 0.005) / 0.005)
             for e in sched.experiments():
                 if e.state.is_final and e.metric is not None:
-                    roles[e.role] = roles.get(e.role, 0) + 1
+                    roles[str(e.role)] = roles.get(str(e.role), 0) + 1
                 hist = sched.store.decision_history(e.id)
                 if e.role == "explore" and e.meta.get("null") and hist:
                     nulls += 1
@@ -67,8 +68,9 @@ def planted(seeds: int, first: int = 0, **rule_options) -> dict:
                         vs_inc += 1
                         kept_vs_inc += kept
     runs = sum(roles.values())
-    cost = sum(roles.get(r, 0) for r in ("baseline", "replicate", "validate"))
-    return {"seeds": f"{first}..{first + seeds - 1}", "rule": rule_options or "defaults",
+    cost = sum(roles.get(r, 0) for r in ("baseline", "replicate", "validate", "control", "confirm"))
+    return {"seeds": f"{first}..{first + seeds - 1}", "rule": rule_options or "defaults", "drift_sigma": drift,
+            "control_share": round(roles.get("control", 0) / runs, 3),
             "sigma_err_median": round(statistics.median(sig), 3), "sigma_err_max": round(max(sig), 3),
             "sigma_within_30pct": sum(e <= 0.3 for e in sig), "hw_err_median": round(statistics.median(hw), 3),
             "hw_err_max": round(max(hw), 3), "hw_within_20pct": sum(e <= 0.2 for e in hw),
@@ -129,9 +131,12 @@ if __name__ == "__main__":
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--stop-seeds", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=2e-4)
+    ap.add_argument("--drift", type=float, default=-2.0, help="drift over the 4 h session, in σ (0: none)")
     a = ap.parse_args()
     t0 = time.time()
     print(planted(a.seeds, a.first_seed))
+    if a.drift:
+        print(planted(a.seeds, a.first_seed, drift=a.drift))
     for s in range(a.stop_seeds):
         print(stop(s, a.threshold))
     print(f"wall {time.time() - t0:.0f} s")

@@ -19,7 +19,7 @@ from fleetlab.experiment import Experiment, State
 
 __all__ = ["Stat", "Measurements", "UNBIASED_ROLES", "sigma_interval", "noise_floor", "measurements_from"]
 
-UNBIASED_ROLES = ("baseline", "replicate", "validate")
+UNBIASED_ROLES = ("baseline", "replicate", "validate", "control", "confirm")
 
 
 class Stat:

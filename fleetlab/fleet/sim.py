@@ -7,7 +7,8 @@ first time a worker is used). Nothing sleeps: the scheduler asks `next_event_at(
 `poll` prints what the real template prints (`val_bpb: ...`, `num_steps: ...`, an out-of-memory line for a crash) and
 the progress lines `fleetlab: step=<n> metric=<x> elapsed=<s>` whose time has come.
 
-Fleet specs: `sim:N` (N workers of the surface's first hardware class), `sim:NxHW` and mixes `sim:13xH100+3xH200`.
+Fleet specs: `sim:N` (N workers of the surface's first hardware class), `sim:NxHW` and mixes `sim:13xH100+3xH200`, with
+options `@drift=D` (every run's metric moves linearly by D over the session) and `@over=H` (that session's hours).
 The executor keeps the books a benchmark needs: busy worker-seconds (setup is not busy time), and the noise-free truth
 of every run (`truth(experiment_id)`: the metric with seed=None on the fleet's fastest hardware class).
 """
@@ -22,7 +23,7 @@ from typing import Any, Callable, ClassVar
 from fleetlab.errors import ConfigError, ExecutorError
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
 
-__all__ = ["SimExecutor", "parse_sim_spec", "DEFAULT_PRICES"]
+__all__ = ["SimExecutor", "parse_sim_spec", "sim_options", "DEFAULT_PRICES"]
 
 DEFAULT_PRICES: dict[str, float] = {"H100": 2.00, "H200": 2.30, "A100": 1.30, "cpu": 0.0}  # $ per GPU-hour
 
@@ -36,6 +37,7 @@ def parse_sim_spec(spec: str, hardware: dict[str, float] | None = None) -> list[
     """
     known = list(hardware or {"cpu": 1.0})
     body = spec[4:] if spec.startswith("sim:") else spec
+    body = body.split("@", 1)[0]  # options (`@drift=D`) are read by sim_options
     usage = "write sim:N, sim:NxHW or a mix such as sim:13xH100+3xH200"
     if not body.strip():
         raise ConfigError(f"fleet {spec!r} names no workers; {usage}", key="fleet")
@@ -53,6 +55,28 @@ def parse_sim_spec(spec: str, hardware: dict[str, float] | None = None) -> list[
             raise ConfigError(f"fleet {spec!r}: {part.strip()!r} has no workers", key="fleet")
         fleet[match] = fleet.get(match, 0) + count
     return list(fleet.items())
+
+
+def sim_options(spec: str) -> dict[str, float]:
+    """The options after the workers: `sim:12xA+4xB@drift=D@over=H` -> {"drift": D, "over": H}.
+
+    `drift` moves every run's metric linearly with the time its run starts, by D metric units over `over` hours of
+    session (default: the session length the executor is given, else 8 h), as a machine whose load changes does. It is
+    applied outside the surface, so every surface drifts the same way."""
+    usage = "write options as @drift=D (metric units over the session) and @over=H (hours)"
+    out: dict[str, float] = {}
+    for part in spec.split("@")[1:]:
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in ("drift", "over") or not eq:
+            raise ConfigError(f"fleet {spec!r}: unknown option {part.strip()!r}; {usage}", key="fleet")
+        try:
+            out[key] = float(value.strip().rstrip("hH") if key == "over" else value)
+        except ValueError:
+            raise ConfigError(f"fleet {spec!r}: {key} must be a number, not {value.strip()!r}", key="fleet") from None
+        if key == "over" and out[key] <= 0:
+            raise ConfigError(f"fleet {spec!r}: over must be a positive number of hours", key="fleet")
+    return out
 
 
 @dataclass
@@ -78,10 +102,14 @@ class SimExecutor(Executor):
     SUPPORTS: ClassVar[frozenset[str]] = frozenset({"virtual_clock", "in_memory", "early_stop"})
 
     def __init__(self, spec: str, surface: Any, clock: Any, setup_s: float = 60.0, prices: dict[str, float] | None = None,
-                 progress: bool = True, wake_on_progress: bool = False, read_knobs: Callable[[str], dict[str, Any]] | None = None):
+                 progress: bool = True, wake_on_progress: bool = False, read_knobs: Callable[[str], dict[str, Any]] | None = None,
+                 session_s: float | None = None):
         from fleetlab.bench.surfaces import load_surface
 
         self.spec = spec
+        opts = sim_options(spec)
+        self.drift = opts.get("drift", 0.0)
+        self.drift_span_s = opts["over"] * 3600.0 if "over" in opts else float(session_s or 8 * 3600.0)
         self.surface = load_surface(surface)
         self.clock = clock
         self.setup_s = float(setup_s)
@@ -137,6 +165,8 @@ class SimExecutor(Executor):
             self._used.add(worker.id)
             start += self.setup_s
             self._setup_paid += self.setup_s
+        if self.drift and result.get("metric") is not None:
+            result = self._drifted(result, start)
         seconds = max(0.0, float(result.get("seconds", 0.0)))
         timed_out = spec.timeout_s is not None and 0 < spec.timeout_s < seconds
         end = start + (spec.timeout_s if timed_out else seconds)
@@ -294,6 +324,14 @@ class SimExecutor(Executor):
             return dict(self._read_knobs(source))
         except Exception as e:
             raise ValueError(f"SyntaxError: the variant's file cannot be read ({type(e).__name__}: {e})") from e
+
+    def _drifted(self, result: dict[str, Any], start: float) -> dict[str, Any]:
+        """The run's result moved by the fleet's drift at its start (its whole curve too, so pruning sees it)."""
+        shift = self.drift * (start - self.started_at) / self.drift_span_s
+        out = {**result, "metric": float(result["metric"]) + shift}
+        if result.get("curve"):
+            out["curve"] = [(t, m + shift) for t, m in result["curve"]]
+        return out
 
     def _progress_lines(self, result: dict[str, Any], start: float, end: float) -> list[tuple[float, str]]:
         curve = result.get("curve") or ()

@@ -1,0 +1,67 @@
+"""The final confirmation: baseline and incumbent re-run interleaved (role confirm), and the paired gain with its
+interval, the headline figure (facts.confirmed_gain).
+
+Pairs are formed in time order: the i-th confirm run of the baseline's code with the i-th of the incumbent's, on the
+same worker when the runs say which (one worker's conditions for both halves of a pair). A pair's difference cancels
+whatever drifted between pairs; the interval is Student's t on the pairs' differences.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fleetlab.experiment import Experiment, Proposal, Role, State
+
+__all__ = ["confirmation_proposals", "confirmed_gain"]
+
+
+def confirmation_proposals(baseline: Experiment, incumbent: Experiment, pairs: int = 3) -> list[Proposal]:
+    """`pairs` runs of each, interleaved (baseline, incumbent, baseline, ...), for the loop to queue in that order
+    (the scheduler runs them at session end; `fleetlab confirm` queues them for the next session)."""
+    out = []
+    for i in range(max(1, int(pairs))):
+        for who in (baseline, incumbent):
+            out.append(Proposal(description=f"confirm {who.id} (pair {i + 1})", parent=who.id, role=Role.CONFIRM,
+                                strategy="confirm", meta={"confirm_pair": i + 1, "confirm_of": who.id}))
+    return out
+
+
+def confirmed_gain(experiments: list[Experiment], baseline: Experiment, incumbent: Experiment, goal: str = "minimize",
+                   conf: float = 0.95) -> dict[str, Any] | None:
+    """{abs, pct, ci: [low, high], n_pairs, baseline_mean, incumbent_mean, p} — positive is better for either goal;
+    None without two complete pairs (or when baseline and incumbent are the same code)."""
+    from scipy import stats
+
+    kb, ki = baseline.content_hash or baseline.id, incumbent.content_hash or incumbent.id
+    if kb == ki:
+        return None
+    runs = [e for e in experiments if e.role == Role.CONFIRM and e.state is State.DONE and e.metric is not None]
+    runs.sort(key=lambda e: (e.started_at or e.finished_at or 0.0, e.id))
+    by_worker: dict[str | None, tuple[list[float], list[float]]] = {}
+    for e in runs:
+        h = e.content_hash or e.id
+        if h in (kb, ki):
+            b, i = by_worker.setdefault(e.worker, ([], []))
+            (b if h == kb else i).append(float(e.metric))
+    diffs, bs, is_ = [], [], []
+    for b, i in by_worker.values():
+        for x, y in zip(b, i):
+            diffs.append(x - y if goal == "minimize" else y - x)
+            bs.append(x)
+            is_.append(y)
+    if len(diffs) < 2:  # no two pairs on one worker: pair across workers, in time order
+        pooled_b = [x for b, _ in by_worker.values() for x in b]
+        pooled_i = [y for _, i in by_worker.values() for y in i]
+        if min(len(pooled_b), len(pooled_i)) < 2:
+            return None
+        diffs = [(x - y if goal == "minimize" else y - x) for x, y in zip(pooled_b, pooled_i)]
+        bs, is_ = pooled_b[:len(diffs)], pooled_i[:len(diffs)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = float(stats.t.ppf(0.5 + conf / 2, n - 1)) * sd / math.sqrt(n)
+    p = float(stats.t.sf(mean / (sd / math.sqrt(n)), n - 1)) if sd > 0 else (0.0 if mean > 0 else 1.0)
+    bmean = sum(bs) / n
+    return {"abs": mean, "pct": 100.0 * mean / abs(bmean) if bmean else None, "ci": [mean - half, mean + half],
+            "n_pairs": n, "baseline_mean": bmean, "incumbent_mean": sum(is_) / n, "p": p, "confidence": conf}

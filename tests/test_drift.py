@@ -1,0 +1,255 @@
+"""Decisions that survive drift: pooled arms, runs of the reference code never pruned, an improvement of a parent the
+incumbent moved away from, the simulated fleet's drift, and the drift summary the surfaces read."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fleetlab.analysis.drift import Timeline, adjusted_gain, drift_warnings
+from fleetlab.analysis.pruning import Pruner
+from fleetlab.analysis.validity import ValidityKeepRule
+from fleetlab.bench.surfaces import Quadratic
+from fleetlab.clock import VirtualClock
+from fleetlab.errors import ConfigError
+from fleetlab.experiment import Experiment, State, format_id
+from fleetlab.fleet.sim import SimExecutor, sim_options
+
+
+class Session:
+    """The keep rule fed by hand, with queued runs and times: what a SessionView gives a rule."""
+
+    goal = "minimize"
+    workers_now: list = []
+
+    def __init__(self):
+        self.rule = ValidityKeepRule()
+        self.keep_rule = self.rule
+        self.exps: dict[str, Experiment] = {}
+        self.inc: Experiment | None = None
+        self.others: list = []
+        self.props: list = []
+        self.t = 0.0
+
+    def get(self, i):
+        return self.exps[i]
+
+    def incumbent(self):
+        return self.inc
+
+    def experiments(self):
+        return list(self.exps.values())
+
+    def curve(self, _):
+        return []
+
+    def queue(self, role, key, parent=None, knobs=None):
+        e = Experiment(format_id(len(self.exps) + 1), "t", role, State.QUEUED, role=role, parent=parent,
+                       content_hash=key, knobs=dict(knobs or {}), hardware="cpu")
+        self.exps[e.id] = e
+        return e
+
+    def finish(self, e, value, minutes=5.0):
+        self.t += minutes * 60
+        e = e.evolve(state=State.DONE, metric=value, started_at=self.t - 300, finished_at=self.t)
+        self.exps[e.id] = e
+        v = self.rule.judge(e, self)
+        self.others.extend(v.others)
+        self.props.extend(v.proposals)
+        if v.decision.status == "keep":
+            self.inc = e
+        for i, d in v.others:
+            if d.status == "keep":
+                self.inc = self.exps[i]
+        return v.decision
+
+    def run(self, role, key, value, parent=None, knobs=None):
+        return self.finish(self.queue(role, key, parent, knobs), value)
+
+
+def baseline(s, rng, n=3, sigma=0.01):
+    for _ in range(n):
+        s.run("baseline", "base", 1.0 + rng.gauss(0, sigma))
+    for _ in range(4):  # replicates of other code: the noise floor gets degrees of freedom
+        for key in ("r1", "r2"):
+            s.run("replicate", key, 1.0 + rng.gauss(0, sigma))
+
+
+def test_a_pooled_arm_gives_one_decision():
+    rng = random.Random(1)
+    s = Session()
+    baseline(s, rng)
+    base = next(iter(s.exps))
+    arm = [s.queue("explore", "X", parent=base) for _ in range(3)]  # submit --replicates 3
+    d1 = s.finish(arm[0], 0.95 + rng.gauss(0, 0.01))
+    assert d1.status == "pending" and "3 runs of the same code" in d1.reason
+    assert not [p for p in s.props if p.role == "validate"]  # the arm is its own validation: no screen
+    assert s.finish(arm[1], 0.95 + rng.gauss(0, 0.01)).status == "pending"
+    s.finish(arm[2], 0.95 + rng.gauss(0, 0.01))
+    verdicts = dict(s.others)
+    assert set(verdicts) == {e.id for e in arm}  # one decision, delivered to every run of the arm
+    assert verdicts[arm[0].id].status == "keep" and verdicts[arm[0].id].numbers["n"] == 3
+    assert all(verdicts[e.id].status == "discard" and "decided with its arm" in verdicts[e.id].reason
+               for e in arm[1:])
+    assert s.inc.id == arm[0].id
+    # a later duplicate of that code joins the arm (the incumbent's, now): it is answered, not screened again
+    d = s.run("explore", "X", 0.97, parent=base)
+    assert d.status == "discard" and "same code as the incumbent" in d.reason
+    # code screened out once is answered with that decision when it comes again
+    n_before = s.rule.meas.stat("base", "cpu").n
+    d = s.run("explore", "Y", 1.2, parent=base)  # screened: clearly worse
+    assert d.status == "discard"
+    d = s.run("explore", "Y", 0.5, parent=base)  # a lucky duplicate cannot overturn it
+    assert d.status == "discard" and "already decided" in d.reason
+    assert s.rule.meas.stat("base", "cpu").n == n_before
+
+
+def test_a_screened_arm_pools_a_duplicate_into_its_validation():
+    rng = random.Random(2)
+    s = Session()
+    baseline(s, rng)
+    base = next(iter(s.exps))
+    cand = s.queue("explore", "Z", parent=base)
+    assert s.finish(cand, 0.96).status == "pending"
+    dup = s.run("explore", "Z", 0.96 + rng.gauss(0, 0.01), parent=base)  # identical code submitted meanwhile
+    assert dup.status == "pending" and "pooled with its arm" in dup.reason
+    for _ in range(3):
+        s.run("validate", "Z", 0.96 + rng.gauss(0, 0.01), parent=cand.id)
+    for p in [p for p in s.props if p.role == "control"]:
+        for _ in range(p.replicates):
+            s.run("control", "base", 1.0 + rng.gauss(0, 0.01), parent=base)
+    verdicts = dict(s.others)
+    assert verdicts[cand.id].status == "keep" and verdicts[cand.id].numbers["n"] == 4  # 3 validations + the duplicate
+    assert len(verdicts) == 2  # and the duplicate is answered with the arm's decision
+    (other,) = [d for i, d in verdicts.items() if i != cand.id]
+    assert other.status == "discard" and f"same code as {cand.id}" in other.reason
+
+
+def test_a_run_of_the_incumbents_or_baselines_code_is_never_pruned():
+    class View:
+        goal, keep_rule = "minimize", None
+
+        def __init__(self):
+            self.exps, self.curves, self.inc = [], {}, None
+
+        def incumbent(self):
+            return self.inc
+
+        def curve(self, i):
+            return self.curves.get(i, [])
+
+        def experiments(self):
+            return self.exps
+
+    v = View()
+    for i in range(6):
+        e = Experiment(format_id(i + 1), "t", "x", State.DONE, role="baseline" if i == 0 else "explore",
+                       content_hash="base" if i == 0 else f"h{i}", metric=1.0 + 0.01 * i, hardware="cpu")
+        v.exps.append(e)
+        v.curves[e.id] = [(t, e.metric + 1.0 * (1 - t / 240) + 0.05) for t in range(30, 241, 30)] + [(300, e.metric)]
+    v.inc = v.exps[0]
+    bad = [(t, 5.0 + 1.0 * (1 - t / 240)) for t in range(30, 151, 30)]
+    p = Pruner("minimize", 300)
+
+    def running(key):
+        e = Experiment(format_id(len(v.exps) + 1), "t", "x", State.RUNNING, role="explore", content_hash=key,
+                       hardware="cpu")
+        v.exps.append(e)
+        return e
+
+    assert p.should_prune(running("base"), bad, v) is None  # an exact copy of the baseline: a measurement of it
+    v.inc = v.exps[3]
+    assert p.should_prune(running("h3"), bad, v) is None   # of the incumbent's code
+    assert p.should_prune(running("base"), bad, v) is None  # the baseline's code, after the incumbent moved on
+    for role in ("control", "replicate", "validate", "confirm"):
+        e = running("other").evolve(role=role)
+        assert p.should_prune(e, bad, v) is None
+    assert p.should_prune(running("other"), bad, v)  # other code with the same curve cannot win: stopped
+
+
+def test_a_variant_beating_its_moved_away_parent_is_recorded_and_offered():
+    rng = random.Random(3)
+    s = Session()
+    baseline(s, rng)
+    base = s.get("exp-0001")
+    s.exps[base.id] = base.evolve(knobs={"LR": 1.0, "DEPTH": 4})
+    # C (DEPTH 6) is screened against the baseline, and promoted
+    c = s.queue("explore", "C", parent=base.id, knobs={"LR": 1.0, "DEPTH": 6})
+    assert s.finish(c, 0.965).status == "pending"
+    # meanwhile B (LR 2) became the incumbent: better than C
+    b = s.queue("explore", "B", parent=base.id, knobs={"LR": 2.0, "DEPTH": 4})
+    s.exps[b.id] = b.evolve(state=State.DONE, metric=0.93)
+    s.inc = s.exps[b.id]
+    for _ in range(3):
+        s.run("replicate", "B", 0.93 + rng.gauss(0, 0.01), parent=b.id)
+    for _ in range(3):
+        s.run("validate", "C", 0.965 + rng.gauss(0, 0.01), parent=c.id)
+    for p in [p for p in s.props if p.role == "control"]:
+        for _ in range(p.replicates):
+            s.run("control", "B", 0.93 + rng.gauss(0, 0.01), parent=b.id)
+    d = dict(s.others)[c.id]
+    assert d.status == "discard"  # it does not beat the incumbent B
+    imp = d.numbers["improves_parent"]
+    assert imp["parent"] == base.id and imp["gain"] > 0.02 and imp["p"] < 0.05
+    assert f"improvement of {base.id}" in d.reason
+    offer = [p for p in s.props if p.role == "combine"]
+    assert len(offer) == 1 and offer[0].parent == b.id and offer[0].knobs == {"DEPTH": 6}
+    assert s.rule.comb.improved[base.id] == [c.id]
+
+
+def test_controls_close_in_time_hold_a_null_change_under_drift():
+    """A null candidate validated late in a drifting session, against an incumbent measured early: compared with
+    all of the incumbent's runs it looks like a gain; with controls close in time and the trend, it does not."""
+    rng = random.Random(4)
+    tl = Timeline()
+    drift = -0.01  # per hour: later runs look better
+    early = [(t, 1.0 + drift * t + rng.gauss(0, 0.002)) for t in (0.0, 0.1, 0.2)]
+    for key in ("a", "b", "c", "d"):  # arms re-measured across the session: the trend is seen within them
+        for t in (0.0, 1.0, 2.0, 3.0):
+            tl.add(key, "cpu", t, 1.0 + drift * t + rng.gauss(0, 0.002))
+    cand = [(t, 1.0 + drift * t + rng.gauss(0, 0.002)) for t in (3.0, 3.1, 3.2)]
+    naive = adjusted_gain(cand, early, "minimize", None, 0.002, 30)
+    assert naive["p"] < 0.001  # the drift alone looks like a 3σ+ gain
+    assert tl.seen("cpu") is not None and abs(tl.trend("cpu")[0] - drift) < 0.003
+    fair = adjusted_gain(cand, early, "minimize", tl.trend("cpu"), 0.002, 30)
+    assert fair["p"] > 0.05 and abs(fair["gain"]) < 0.004
+
+
+def test_the_simulated_fleet_drifts_linearly_over_the_session():
+    assert sim_options("sim:12xH100+4xH200@drift=-0.004@over=4") == {"drift": -0.004, "over": 4.0}
+    for bad in ("sim:4@drift=x", "sim:4@speed=2", "sim:4@over=0"):
+        with pytest.raises(ConfigError):
+            sim_options(bad)
+    from fleetlab.experiment import RunSpec
+
+    clock = VirtualClock()
+    ex = SimExecutor("sim:1@drift=-0.5@over=2", Quadratic(dims=1, sigma=0.0), clock, setup_s=0.0)
+    w = ex.workers()[0]
+    values = []
+    for i in range(3):  # runs started at 0 h, 1 h and 2 h of the session
+        spec = RunSpec(f"exp-{i}", ".", "python train.py", {}, 0.0, files={"train.py": "X0 = 0.0\n"})
+        handle = ex.submit(spec, w)
+        clock.advance(60.0)
+        (up,) = ex.poll([handle])
+        values.append(float(next(x for x in up.lines if x.startswith("val_bpb")).split()[-1]))
+        clock.advance(3600.0 - 60.0)
+    assert values[1] - values[0] == pytest.approx(-0.25, abs=1e-5)
+    assert values[2] - values[0] == pytest.approx(-0.5, abs=1e-5)
+    assert ex.truth("exp-2") == ex.truth("exp-0")  # the truth does not drift: only what runs measure
+
+
+def test_drift_warnings_say_when_throughput_moved_beyond_its_noise():
+    rng = random.Random(5)
+    exps = []
+    for i in range(8):
+        steps = 20 + rng.gauss(0, 1) if i < 4 else 45 + rng.gauss(0, 1)  # load during the first half, then none
+        e = Experiment(format_id(i + 1), "t", "b", State.DONE, role="baseline" if i == 0 else "control",
+                       content_hash="base", metric=2.5 - 0.005 * steps, hardware="cpu", started_at=i * 600.0,
+                       finished_at=i * 600.0 + 30, extras={"num_steps": steps})
+        exps.append(e)
+    warn = drift_warnings(exps, "minimize", baseline_id="exp-0001", incumbent_id="exp-0001")
+    assert any(w.startswith("throughput drifted") and "steps" in w and "%" in w for w in warn), warn
+    assert any(w.startswith("metric drifted") and "better" in w for w in warn), warn
+    steady = [e.evolve(extras={"num_steps": 30 + rng.gauss(0, 1)}, metric=2.4 + rng.gauss(0, 0.01)) for e in exps]
+    assert drift_warnings(steady, "minimize", baseline_id="exp-0001") == []
