@@ -1,15 +1,21 @@
-"""Throughput of the GPT template at its default scale: tokens/s and optimizer steps in a fixed budget.
+"""Throughput and per-experiment overhead of the GPT template, and its data loader alone.
 
-On CPU (the default scale train.py picks there) it runs a 60 s budget; on a CUDA GPU the original's 300 s budget,
-and reports MFU next to the original autoresearch figures (H100: ~40 % MFU, ~953 steps in 5 minutes).
+    python benchmarks/gpt_throughput.py --json                # one training run at the default scale of this device
+    python benchmarks/gpt_throughput.py --loader              # the loader alone at the GPU shape (128 x 2048), any machine
+    python benchmarks/gpt_throughput.py --loader --against HEAD~1   # ... and another version's loader, as a ratio
+    python benchmarks/gpt_throughput.py --hide                # CPU: step time with the prefetching loader / with one
+                                                              # pre-made batch (1.0 = the loader is hidden)
 
-    python benchmarks/gpt_throughput.py                   # prepares the offline corpus in a temp cache, then trains
-    python benchmarks/gpt_throughput.py --cache DIR --budget 60 --threads 1 --json
+A training run reports ms/step (median of the timed steps), tokens/s, MFU, compile (warm-up) s, eval s, total overhead
+s (total - training seconds) and epochs, next to the original autoresearch run (H100 + FA3: 318 ms/step, 39.8 % MFU,
+26 s overhead). `--cache-dir DIR` is the run's FLEETLAB_CACHE_DIR (compile caches): run twice with the same DIR for
+cold and warm figures. `--cache` names a prepared data cache; by default the offline corpus is prepared in a temp dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -21,7 +27,9 @@ import time
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "fleetlab" / "templates" / "gpt"
-ORIGINAL_H100 = {"mfu_percent": 39.8, "num_steps": 953, "budget_s": 300}  # autoresearch's README / program.md
+REPO = TEMPLATE.parents[2]
+ORIGINAL = {"ms_per_step": 318.0, "mfu_percent": 39.8, "overhead_s": 26.0}  # program.md's example run (H100, FA3)
+LOADER_SHAPE = (128, 2048)  # the GPU micro-batch: DEVICE_BATCH_SIZE x MAX_SEQ_LEN
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -31,77 +39,169 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def _children_cpu_s() -> float:
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return float("nan")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def ensure_prepared(cache: Path, env: dict[str, str], workdir: Path) -> float:
+    t0 = time.time()
+    if not (cache / "tokenizer.pkl").exists():
+        run([sys.executable, str(TEMPLATE / "prepare.py"), "--source", "offline"], workdir, env)
+    return time.time() - t0
+
+
+def load_prepare(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------
+# The loader alone
+# ---------------------------------------------------------------------------
+
+
+def time_loader(prepare, cache: Path, batches: int, prefetch: int | None, consumer_s: float) -> float:
+    """Main-thread ms per micro-batch of `prepare.make_dataloader` at LOADER_SHAPE (full vocabulary), with a consumer
+    that holds each batch `consumer_s` seconds (a GPU step: the main thread waits, the GIL is free)."""
+    B, T = LOADER_SHAPE
+    tok = prepare.Tokenizer.from_directory(cache)
+    kwargs = {"directory": cache} if prefetch is None else {"directory": cache, "prefetch": prefetch}
+    loader = prepare.make_dataloader(tok, B, T, "train", **kwargs)
+    next(loader)  # opening the store, first fill
+    spent = 0.0
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        next(loader)
+        spent += time.perf_counter() - t0
+        if consumer_s:
+            time.sleep(consumer_s)
+    loader.close()
+    return 1000 * spent / batches
+
+
+def loader_figures(cache: Path, against: str | None, batches: int) -> dict:
+    prepare = load_prepare(TEMPLATE / "prepare.py", "fleetlab_gpt_prepare")
+    result = {
+        "shape": list(LOADER_SHAPE),
+        # prefetching, with the step's time free for the thread (a GPU step of the original: 318 ms / 2 micro-batches)
+        "loader_ms_per_microbatch": round(time_loader(prepare, cache, batches, 2, 0.159), 2),
+        # everything on the main thread: the packing's whole cost
+        "pack_ms_per_microbatch": round(time_loader(prepare, cache, batches, 0, 0.0), 2),
+    }
+    if against:
+        with tempfile.TemporaryDirectory() as tmp:
+            old = Path(tmp) / "prepare.py"
+            rel = (TEMPLATE / "prepare.py").relative_to(REPO).as_posix()
+            show = subprocess.run(["git", "show", f"{against}:{rel}"], cwd=REPO, capture_output=True, text=True)
+            if show.returncode != 0:
+                sys.exit(f"git show {against}:{rel} failed: {show.stderr.strip()}")
+            old.write_text(show.stdout)
+            before = time_loader(load_prepare(old, "fleetlab_gpt_prepare_old"), cache, max(3, batches // 4), None, 0.0)
+        result[f"loader_ms_per_microbatch_at_{against}"] = round(before, 1)
+        result["speedup_main_thread"] = round(before / result["loader_ms_per_microbatch"], 1)
+        result["speedup_packing"] = round(before / result["pack_ms_per_microbatch"], 1)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Training runs
+# ---------------------------------------------------------------------------
+
+
+def start_train(work: Path, env: dict[str, str], static_batch: bool = False) -> subprocess.Popen:
+    """Start one train.py run in a fresh copy; `static_batch` reuses the first batch (no loader in the loop)."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copy(TEMPLATE / "prepare.py", work / "prepare.py")
+    source = (TEMPLATE / "train.py").read_text()
+    if static_batch:
+        line = "        x, y, epochs = next(train_loader)\n"
+        assert source.count(line) == 1, "train.py's loop no longer fetches batches as the benchmark expects"
+        source = source.replace(line, "        pass  # benchmark: the first batch again\n")
+    (work / "train.py").write_text(source)
+    return subprocess.Popen([sys.executable, "train.py"], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish_train(proc: subprocess.Popen) -> tuple[dict[str, float], str]:
+    log, _ = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"train.py failed:\n{log[-3000:]}")
+    summary = {k: float(v) for k, v in re.findall(r"^(\w+):\s+(\S+)$", log.split("\n---\n")[-1], re.MULTILINE)}
+    return summary, log
+
+
+def run_figures(summary: dict[str, float], log: str) -> dict:
+    tokens_per_step = int(re.search(r"tokens per step: (\d+)", log).group(1))
+    ms = summary["step_ms"]
+    mfu_mean = summary["mfu_percent"]
+    mean_ms = summary["training_seconds"] * 1000 / max(1, summary["timed_steps"])
+    return {
+        "ms_per_step": ms,
+        "tokens_per_s": round(tokens_per_step / (ms / 1000)),
+        "mfu_percent": round(mfu_mean * mean_ms / ms, 2),  # at the median step (the summary's is at the mean)
+        "compile_s": summary["warmup_seconds"],
+        "eval_s": summary["eval_seconds"],
+        "overhead_s": round(summary["total_seconds"] - summary["training_seconds"], 1),
+        "epochs": summary["epochs"],
+        "num_steps": int(summary["num_steps"]),
+        "training_seconds": summary["training_seconds"],
+        "total_seconds": summary["total_seconds"],
+        "val_bpb": summary["val_bpb"],
+        "peak_memory_mb": summary["peak_vram_mb"],
+        "num_params_M": summary["num_params_M"],
+        "tokens_per_step": tokens_per_step,
+        "attention": re.search(r"attention (\w+)", log).group(1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", help="a prepared cache (FLEETLAB_CACHE); default: prepare the offline corpus in a temp dir")
-    parser.add_argument("--budget", type=float, help="training seconds (default 60 on CPU, 300 on a GPU)")
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the run (a fleet slot uses 1)")
+    parser.add_argument("--cache", help="a prepared data cache (FLEETLAB_CACHE); default: the offline corpus in a temp dir")
+    parser.add_argument("--cache-dir", help="FLEETLAB_CACHE_DIR for the run (compile caches); default: a fresh temp dir")
+    parser.add_argument("--budget", type=float, help="training seconds (default: train.py's, 60 on CPU, 300 on a GPU)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the run (a CPU fleet slot uses 1)")
+    parser.add_argument("--loader", action="store_true", help="measure the loader alone at 128 x 2048")
+    parser.add_argument("--against", help="with --loader: also measure prepare.py of this git revision")
+    parser.add_argument("--batches", type=int, default=40, help="with --loader: micro-batches timed")
+    parser.add_argument("--hide", action="store_true", help="step time with the loader / with a pre-made batch")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fleetlab-gpt-bench-") as tmp:
         tmp = Path(tmp)
-        cache = Path(args.cache) if args.cache else tmp / "cache"
-        env = dict(os.environ, FLEETLAB_CACHE=str(cache), OMP_NUM_THREADS=str(args.threads), FLEETLAB_SEED="42")
-        t0 = time.time()
-        if not (cache / "tokenizer.pkl").exists():
-            run([sys.executable, str(TEMPLATE / "prepare.py"), "--source", "offline"], tmp, env)
-        prepare_s = time.time() - t0
-        work = tmp / "run"
-        work.mkdir()
-        for name in ("train.py", "prepare.py"):
-            shutil.copy(TEMPLATE / name, work / name)
-        probe = run([sys.executable, "-c", "import torch; print(torch.cuda.is_available() and torch.cuda.get_device_name() or 'cpu')"], work, env)
-        device = probe.strip().splitlines()[-1]
-        gpu = device != "cpu"
-        env["FLEETLAB_TIME_BUDGET"] = str(args.budget or (300 if gpu else 60))
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        cpu0 = _children_cpu_s()
-        log = run([sys.executable, "train.py"], work, env)
-        cpu_s = _children_cpu_s() - cpu0
+        cache = Path(args.cache).resolve() if args.cache else tmp / "cache"
+        env = dict(os.environ, FLEETLAB_CACHE=str(cache), OMP_NUM_THREADS=str(args.threads), FLEETLAB_SEED="42",
+                   FLEETLAB_CACHE_DIR=str(Path(args.cache_dir).resolve() if args.cache_dir else tmp / "compile"))
+        if args.budget:
+            env["FLEETLAB_TIME_BUDGET"] = str(args.budget)
+        prepare_s = ensure_prepared(cache, env, tmp)
+        if args.loader:
+            result = loader_figures(cache, args.against, args.batches)
+        elif args.hide:
+            env.setdefault("FLEETLAB_TIME_BUDGET", "20")
+            # side by side, one thread each: on a shared machine both see the same load
+            procs = [start_train(tmp / "loaded", env), start_train(tmp / "static", env, static_batch=True)]
+            (loaded, _), (static, _) = (finish_train(proc) for proc in procs)
+            result = {"step_ms_with_loader": loaded["step_ms"], "step_ms_premade_batch": static["step_ms"],
+                      "step_time_ratio": round(loaded["step_ms"] / static["step_ms"], 3),
+                      "budget_s": float(env["FLEETLAB_TIME_BUDGET"]), "threads": args.threads}
+        else:
+            summary, log = finish_train(start_train(tmp / "run", env))
+            result = run_figures(summary, log)
+            result["loader"] = loader_figures(cache, None, 20)
+            result["loader_ms_per_microbatch"] = result["loader"]["loader_ms_per_microbatch"]
+            result["device"] = re.search(r"^Device: (\S+)", log, re.MULTILINE).group(1)
+            result["original"] = ORIGINAL
+        result["prepare_seconds"] = round(prepare_s, 1)
 
-    summary = {k: float(v) for k, v in re.findall(r"^(\w+):\s+(\S+)$", log.split("\n---\n")[-1], re.MULTILINE)}
-    grad_accum = int(re.search(r"gradient accumulation steps: (\d+)", log).group(1))
-    steps = int(summary["num_steps"])
-    untimed = 10 if gpu else 1  # train.py's warm-up steps, not counted in training_seconds
-    tokens_per_step = int(re.search(r"tokens per step: (\d+)", log).group(1))
-    result = {
-        "device": device,
-        "threads": args.threads,
-        "budget_s": float(env["FLEETLAB_TIME_BUDGET"]),
-        "training_seconds": summary["training_seconds"],
-        "num_steps": steps,
-        "tokens_per_step": tokens_per_step,
-        "grad_accum_steps": grad_accum,
-        "tokens_per_s": round(tokens_per_step * (steps - untimed) / summary["training_seconds"]),
-        "mfu_percent": summary["mfu_percent"],
-        "val_bpb": summary["val_bpb"],
-        "num_params_M": summary["num_params_M"],
-        "peak_memory_mb": summary["peak_vram_mb"],
-        "total_seconds": summary["total_seconds"],
-        "prepare_seconds": round(prepare_s, 1),
-        # a shared machine: the CPU share the run got (CPU seconds / wall seconds) and the load when it started
-        "cpu_share": round(cpu_s / summary["total_seconds"], 2),
-        "load_average_1m": round(load, 2),
-    }
-    if "H100" in device:
-        result["original_h100"] = ORIGINAL_H100
     if args.json:
         print(json.dumps(result, indent=1))
         return
     for key, value in result.items():
-        print(f"{key:18s} {value}")
-    if "H100" in device:
-        print(f"original autoresearch on H100: ~{ORIGINAL_H100['mfu_percent']} % MFU, ~{ORIGINAL_H100['num_steps']} steps in 300 s")
+        mine = f"{value}"
+        if key in ORIGINAL and not args.loader:
+            mine += f"   (original, H100 + FA3: {ORIGINAL[key]})"
+        print(f"{key:28s} {mine}")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def _write_parquet(path, docs):
     os.replace(tmp, path)
 
 
-def write_corpus(directory, source, train_docs, val_docs):
+def write_corpus(directory, source, train_docs, val_docs, **extra):
     """Write documents as data/train_NNNNN.parquet + data/val.parquet and a manifest; deterministic bytes."""
     directory = Path(directory)
     data = directory / "data"
@@ -143,14 +143,15 @@ def write_corpus(directory, source, train_docs, val_docs):
         if len(chunk) < DOCS_PER_SHARD:
             break
     _write_parquet(data / "val.parquet", list(val_docs))
-    write_manifest(directory, source, files)
+    write_manifest(directory, source, files, **extra)
 
 
-def write_manifest(directory, source, files):
+def write_manifest(directory, source, files, **extra):
     directory = Path(directory)
     shards = {name: sha256_file(directory / "data" / name) for split in files for name in files[split]}
     corpus = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(shards.items())).encode()).hexdigest()
-    manifest = {"source": source, "train": files["train"], "val": files["val"], "sha256": shards, "corpus_sha256": corpus}
+    manifest = {"source": source, "train": files["train"], "val": files["val"], "sha256": shards, "corpus_sha256": corpus,
+                **extra}
     tmp = directory / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, directory / "manifest.json")
@@ -204,15 +205,29 @@ def is_val_path(rel):
 
 def local_corpus(directory, source, named, max_bytes=None):
     """Turn (relative name, path) pairs into a train/val corpus. Files go in sha256(name) order, a fixed shuffle that
-    mixes packages (training sees them interleaved, and a byte cap samples all of them); undecodable files are
-    skipped and a document seen before is dropped (vendored copies, licences). Validation is pinned by file name; with
-    too few files for that, by (name, document number)."""
-    files, seen, nbytes = [], set(), 0
+    mixes packages (training sees them interleaved, and a byte cap, on file sizes, samples all of them); undecodable
+    files are skipped and a document seen before is dropped (vendored copies, licences). Validation is pinned by file
+    name; with too few files for that, by (name, document number). When the chosen files' names, sizes and times are
+    those of the corpus already there, nothing is read again (every worker runs the setup)."""
+    chosen, nbytes = [], 0
     for rel, path in sorted(named, key=lambda item: (_digest(item[0]), item[0])):
         if max_bytes is not None and nbytes >= max_bytes:
             break
         try:
-            text = path.read_text(encoding="utf-8")
+            stat = os.stat(path)
+        except OSError:
+            continue
+        chosen.append((rel, path, f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n"))
+        nbytes += stat.st_size
+    listing = hashlib.sha256(f"{source}:{max_bytes}\n{''.join(line for _, _, line in chosen)}".encode()).hexdigest()
+    manifest = Path(directory) / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("listing_sha256") == listing:
+        print(f"Data: {len(chosen)} files unchanged since the last prepare")
+        return
+    files, seen = [], set()
+    for rel, path, _ in chosen:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
         docs = []
@@ -221,7 +236,6 @@ def local_corpus(directory, source, named, max_bytes=None):
             if key not in seen:
                 seen.add(key)
                 docs.append(doc)
-        nbytes += len(text)
         files.append((rel, docs))
     split = {True: [], False: []}
     for rel, docs in files:
@@ -235,7 +249,7 @@ def local_corpus(directory, source, named, max_bytes=None):
         sys.exit(f"Data: {len(files)} readable file(s) hold too little text for a train/validation split.")
     capped = f" (capped at {max_bytes / 1e6:.0f} MB)" if max_bytes is not None and nbytes >= max_bytes else ""
     print(f"Data: {len(files)} files, {nbytes / 1e6:.1f} MB{capped} -> {len(train):,} train / {len(val):,} validation documents")
-    write_corpus(directory, source, train, val)
+    write_corpus(directory, source, train, val, listing_sha256=listing)
 
 
 def offline_files():
@@ -243,28 +257,35 @@ def offline_files():
     site-packages as site-packages/... (names do not depend on where the interpreter lives)."""
     paths = sysconfig.get_paths()
     roots = [("stdlib", paths["stdlib"])] + [("site-packages", paths[k]) for k in ("purelib", "platlib")]
-    skip = {"site-packages", "dist-packages", "__pycache__", ".git"}
+    skip = {"site-packages", "dist-packages", "__pycache__", ".git"}  # the stdlib's own site-packages is another Python's
     named, done = {}, set()
+
+    def walk(folder, prefix):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in skip:
+                    walk(entry.path, f"{prefix}{entry.name}/")
+            elif os.path.splitext(entry.name)[1] in OFFLINE_EXTENSIONS and entry.is_file():
+                if entry.stat().st_size <= OFFLINE_MAX_FILE_BYTES:
+                    named[prefix + entry.name] = entry.path
+
     for prefix, root in roots:
         root = os.path.abspath(root)
-        if root in done or not os.path.isdir(root):
-            continue
-        done.add(root)
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d not in skip)  # the stdlib's own site-packages is another Python's
-            for f in files:
-                path = Path(folder) / f
-                if path.suffix in OFFLINE_EXTENSIONS and path.is_file() and path.stat().st_size <= OFFLINE_MAX_FILE_BYTES:
-                    named[f"{prefix}/{path.relative_to(root).as_posix()}"] = path
+        if root not in done and os.path.isdir(root):
+            done.add(root)
+            walk(root, f"{prefix}/")
     return list(named.items())
 
 
 def has_cuda():
-    try:
-        import torch
-    except ImportError:
+    """Whether this machine has an NVIDIA GPU for training, without importing torch (seconds of start-up)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
         return False
-    return torch.cuda.is_available()
+    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/proc/driver/nvidia/gpus/*"))
 
 
 def offline_max_bytes(max_mb):

@@ -470,6 +470,7 @@ t_start_training = time.time()
 total_training_time = 0.0
 smooth_train_loss = 0.0
 step = 0
+step_times = []  # of the timed steps
 last_report = 0.0
 window_nats = torch.zeros((), device=device)  # summed train loss and target bytes since the last progress line
 window_bytes = torch.zeros((), device=device, dtype=torch.long)
@@ -509,6 +510,7 @@ while True:
     dt = time.time() - t0
     if step >= timed_after:
         total_training_time += dt
+        step_times.append(dt)
     step += 1
     if step == timed_after:
         warmup_seconds = time.time() - t_start_training  # compilation and warm-up, not counted as training
@@ -577,5 +579,7 @@ print(f"num_steps:        {step}")
 print(f"num_params_M:     {num_params / 1e6:.1f}")
 print(f"depth:            {depth}")
 print(f"epochs:           {train_epochs:.4f}")
+print(f"step_ms:          {1000 * sorted(step_times)[len(step_times) // 2]:.1f}")
+print(f"timed_steps:      {timed_steps}")
 print(f"warmup_seconds:   {warmup_seconds:.1f}")
 print(f"eval_seconds:     {eval_seconds:.1f}")
