@@ -465,7 +465,7 @@ def headline(f: Facts) -> list[str]:
     """The session in a few lines, the same on the run summary, quickstart, `status` and the report."""
     c = f.counts
     dec = c["by_decision"]
-    parts = [f"{dec.get(k, 0)} {k}" for k in ("keep", "discard", "crash", "pending") if dec.get(k)]
+    parts = [f"{dec.get(k, 0)} {k}" for k in ("baseline", "keep", "discard", "crash", "pending") if dec.get(k)]
     lines = [f"session {f.tag or '-'}: {f.experiments} experiments finished"
              + (f" ({', '.join(parts)})" if parts else "")
              + (f"; {c['running']} running" if c["running"] else "") + (f"; {f.queue_depth} queued" if f.queue_depth else "")
