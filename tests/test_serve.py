@@ -126,6 +126,7 @@ def test_serve_reads_what_the_cli_prints_and_guards_writes(session: Path, tmp_pa
         log = fleetlab_cmd("show", explore["id"], "--log", "-C", str(session), check=True).stdout
         assert http(url + f"api/experiments/{explore['id']}/log")[1] + "\n" == log
         assert "val_loss:" in log
+        assert http(url + "api/analysis")[1] == cli_json(session, "analyze")  # noise, hardware and knob effects
         code, err = http(url + "api/experiments/exp-9999")
         assert code == 404 and err["error"].count(".") <= 1 and "exp-9999" in err["error"]
         for page in ("", "static/app.js", "static/plotly.min.js"):  # the page works offline: plotly is served here

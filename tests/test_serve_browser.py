@@ -104,6 +104,7 @@ def test_dashboard_in_chromium(tmp_path: Path):
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(_artifacts() / "dashboard.png"))
             page.screenshot(path=str(_artifacts() / "dashboard-full.png"), full_page=True)
+            assert page.query_selector("#noise-table td") and not page.query_selector("#effects .error")
             assert not errors, errors
         finally:
             ctx.close()

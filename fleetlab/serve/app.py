@@ -26,7 +26,7 @@ from fleetlab.errors import FleetlabError, StoreError
 from fleetlab.serve import views
 
 STATIC = Path(__file__).parent / "static"
-log = logging.getLogger("fleetlab.serve")
+_log = logging.getLogger("fleetlab.serve")
 MAX_BODY = 4 * 1024 * 1024  # a submission's whole files; a train.py is tens of kilobytes
 
 
@@ -100,7 +100,7 @@ def build_app(directory: str | os.PathLike | None, token: str, loopback: bool = 
         except FleetlabError as e:
             return _json({"error": str(e)}, 400)
         except Exception as e:  # a bug: one sentence to the client, the traceback in the server's log
-            log.exception("%s failed", request.url.path)
+            _log.exception("%s failed", request.url.path)
             return _json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
     def endpoint(fn: Callable[[Request], Any], raw: bool = False):

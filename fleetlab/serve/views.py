@@ -126,7 +126,11 @@ def analysis(opened: api.Opened) -> dict[str, Any]:
     """`fleetlab analyze --json`: noise per hardware class, hardware effects, knob effects."""
     from fleetlab.analysis.report import analyze
 
-    return analyze(opened)
+    try:
+        space = api.knob_space(opened.project)
+    except Exception:  # a knob file the space cannot be inferred from: effects without ranges
+        space = None
+    return analyze(opened.project, opened.store, space=space)
 
 
 def _safe_relpath(name: Any) -> str:

@@ -272,7 +272,7 @@ async function renderEffects() {
   const hw = a.hardware || {};
   document.getElementById("hw-table").innerHTML = "<tr><th>class</th><th>tier</th><th>offset</th></tr>" +
     (hw.classes_slowest_first || []).map(c => `<tr><td>${esc(c)}</td><td>${esc((hw.tiers || {})[c] || "")}</td>
-      <td>${esc(JSON.stringify((hw.offsets || {})[c] ?? "–"))}</td></tr>`).join("");
+      <td>${esc(c in (hw.offsets || {}) ? JSON.stringify(hw.offsets[c]) : "–")}</td></tr>`).join("");
   const main = pick(a, "effects.main") || [];
   document.getElementById("effects-table").innerHTML = main.length ? "<tr><th>term</th><th>effect</th><th>s.e.</th><th>p</th><th>gain</th></tr>" +
     main.map(t => `<tr><td>${esc(t.name)}</td><td class="num">${esc(num(t.effect))}</td><td class="num">${esc(num(t.stderr))}</td>
