@@ -149,8 +149,9 @@ def cmd_run(a) -> int:
             _print_json(compute(opened.project, opened.store, out.tag).to_dict())
         else:
             _print_summary(console, opened, out)
-        if out.stop_reason.startswith("no workers left"):
-            return 1  # nothing can run until the fleet is mended (setup failed, or workers measure on other data)
+        if out.stop_reason.startswith("no workers left") or "changed in the project while the session ran" in \
+                out.stop_reason:
+            return 1  # nothing can run until the fleet or the project is mended
         return 130 if out.stop_reason == "interrupted" else 0
     finally:
         if server is not None:

@@ -100,6 +100,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "price_out_per_mtok": (_FLOAT, 15.0),
     },
     "knobs": {},  # free-form: checked by fleetlab.knobs.check_overrides (the one list of knob keys)
+    "sandbox": {  # how local runs and setup are contained (fleetlab.fleet.sandbox)
+        "mode": (_STR, "auto"),
+        "network": (_BOOL, True),
+    },
 }
 
 @dataclass(frozen=True)
@@ -211,6 +215,9 @@ class Project:
             if extras[name].groups < 1:
                 raise ConfigError(f"metric.extra.{name} needs one capture group", key=f"metric.extra.{name}")
         knobs, constraints = check_overrides(raw.get("knobs", {}))
+        if settings["sandbox"]["mode"] not in ("auto", "bwrap", "none"):
+            raise ConfigError(f"sandbox.mode must be \"auto\", \"bwrap\" or \"none\", not "
+                              f"{settings['sandbox']['mode']!r}", key="sandbox.mode")
         return cls(root=root, editable=tuple(p["editable"]), readonly=tuple(p["readonly"]), exclude=tuple(p["exclude"]),
                    setup=p["setup"], command=p["command"], time_budget_s=float(p["time_budget_s"]),
                    timeout_s=float(p["timeout_s"]), instructions=p["instructions"], metric=m["name"], goal=m["goal"],

@@ -99,6 +99,7 @@ class Scheduler:
         self._index: dict[str, int] = {}
         self._queue: list[Experiment] = []
         self._data: str | None = None  # the data fingerprint the session's runs measured on (`_other_data`)
+        self._own: dict[str, str] = {}  # the project's own files' hashes at session start (`_check_own_files`)
         self._running: dict[str, _Running] = {}
         self.pool = WorkerPool(self.keep_rule.tier_of)
         self._followups: list[Proposal] = []  # runs the keep rule's verdicts asked for, queued with its follow-ups
@@ -209,6 +210,7 @@ class Scheduler:
         self.pool.workers = list(self.executor.workers())
         if not self.pool.workers:
             raise ExecutorError(f"the {self.executor.name} fleet has no workers")
+        self._own = {} if self.in_memory else workspace.own_hashes(self.project)  # checked as runs end
         self._load()
         sess = self.store.session(self.tag)
         if sess is None:
@@ -488,14 +490,14 @@ class Scheduler:
         text = "\n".join(run.lines) if self.in_memory else self.executor.logs(run.handle)
         tampered = workspace.tampered_files(self.project, run.workdir, run.ro_hashes) if run.ro_hashes else []
         state, metric, extras, reason = classify(self.project, text, up.exit_code, up.timed_out, tampered)
-        other = self._other_data(extras.get("data"))
-        if other:  # measured on other data: not comparable, and not the variant's fault
+        other_worker, other_run = self._other_data(run.worker, extras.get("data"))
+        if other_worker:  # its worker prepared other data: not comparable, and not the variant's fault
             self._requeue_finished(exp.id, f"measured on other data on {run.worker.id}: it runs again elsewhere",
                                    ended - started, event=f"{run.worker.id} measured it on other data")
-            self._drop_worker(run.worker, f"{run.worker.id} measured on other data (fingerprint {extras['data']}, "
-                                          f"this session's is {other}), so its results cannot be compared: run the "
-                                          f"project's setup (the same data source) on it again")
+            self._drop_worker(run.worker, other_worker)
             return
+        if other_run and state is not State.TAMPERED:  # the run claims other data than it was given: its own failure
+            state, metric, reason = State.TAMPERED, None, other_run
         meta: dict[str, Any] = {"reason": reason} if reason else {}
         if run.ro_hashes:
             meta["readonly_hashes"] = run.ro_hashes
@@ -518,6 +520,14 @@ class Scheduler:
             exp = self.store.get(exp.id)
         self._remember(exp)
         self._judge(exp)
+        self._check_own_files()
+
+    def _check_own_files(self) -> None:
+        """Stop the session when one of the project's own files changed since it started (hashed in `_start`)."""
+        changed = workspace.changed_own_file(self.project, self._own) if self._own else None
+        if changed and not self._stop_reason:
+            self._stop_reason = (f"{changed} changed in the project while the session ran, not through fleetlab: "
+                                 f"later runs would measure another {changed} than the runs they are compared with")
 
     def _requeue_finished(self, exp_id: str, reason: str, busy_s: float, event: str | None = None) -> None:
         """A run that ended without a result of its variant's own (its node died, it measured on other data): back
@@ -529,17 +539,27 @@ class Scheduler:
         self._busy_s += max(0.0, busy_s)
         self.emit("requeued", exp=exp, reason=event or reason)
 
-    def _other_data(self, data: Any) -> str | None:
-        """The session's data fingerprint when a run's (`fleetlab: data=...`) differs from it, else None. The first
-        fingerprint a session sees is pinned (kept with the session, so a resumed session checks against it): every
-        metric it compares must come from the same data and tokenizer, which a worker that prepared its own (another
-        Python's standard library as the offline corpus, another download) would silently break."""
-        if data is None:
-            return None
+    def _other_data(self, worker: Worker, printed: Any) -> tuple[str | None, str | None]:
+        """(why the worker leaves the fleet, why the run fails), each None when all is well.
+
+        A worker's data fingerprint is what its setup printed (`fleetlab: data=...`, Executor.data_fingerprint). The
+        first a session sees is pinned (kept with the session, so a resumed session checks against it): every metric
+        it compares must come from the same data and tokenizer, which a worker that prepared its own (another Python's
+        standard library as the offline corpus, another download) would silently break. A run may print the
+        fingerprint too but never decides it: a run printing another one fails alone, its worker stays."""
+        setup = self.executor.data_fingerprint(worker.id)
         if self._data is None:
-            self._data = str((self.store.session(self.tag) or {}).get("data_fingerprint") or data)
-            self.store.save_session(self.tag, data_fingerprint=self._data)
-        return None if str(data) == self._data else self._data
+            self._data = (self.store.session(self.tag) or {}).get("data_fingerprint") or setup
+            if self._data is not None:
+                self.store.save_session(self.tag, data_fingerprint=self._data)
+        if setup is not None and setup != self._data:
+            return (f"{worker.id} measured on other data (its setup's fingerprint is {setup}, this session's is "
+                    f"{self._data}), so its results cannot be compared: run the project's setup (the same data "
+                    f"source) on it again"), None
+        expected = setup or self._data
+        if printed is not None and expected is not None and str(printed) != expected:
+            return None, f"the run printed the data fingerprint {printed}, but its worker's setup prepared {expected}"
+        return None, None
 
     def _judge(self, exp: Experiment) -> None:
         now = self.clock.now()

@@ -69,7 +69,7 @@ def make_fleet(opened: Opened, spec: str, opts: RunOptions, clock=None):
     scheme = spec.partition(":")[0].strip().lower()
     kw: dict[str, Any]
     if scheme == "local":
-        kw = {"threads_per_slot": fleet_cfg["threads_per_slot"]}
+        kw = {"threads_per_slot": fleet_cfg["threads_per_slot"], "sandbox": project.section("sandbox")}
     elif scheme == "sim":
         from fleetlab.bench.surfaces import load_surface
         from fleetlab.clock import VirtualClock
@@ -117,6 +117,9 @@ def run_session(opened: Opened, opts: RunOptions, on_event: Callable[..., None] 
                     stop_rule = StopRule.from_options(project, opts.min_gain_per_gpu_hour)
             if on_event:
                 on_event("preparing", fleet=fleet_spec, strategy=strategy.name, tag=tag, resuming=resuming)
+            for message in executor.notices():  # said once, at session start (a sandbox this machine lacks)
+                if on_event:
+                    on_event("warning", message=message)
             executor.prepare(project.root, project.setup or None)
             sched = Scheduler(project, store, executor, strategy, clock, tag=tag, limits=limits, keep_rule=keep,
                               lookahead=opts.lookahead, pruner=pruner, on_event=on_event, seed=seed,

@@ -17,7 +17,7 @@ from typing import Iterable
 
 from fleetlab.errors import FleetlabError, ProposalRejected
 from fleetlab.experiment import Edit
-from fleetlab.project import Project
+from fleetlab.project import CONFIG_NAME, Project
 
 
 def content_hash(files: dict[str, str]) -> str:
@@ -158,6 +158,33 @@ def files_from_dir(project: Project, src: Path) -> dict[str, str]:
 
 def readonly_hashes(project: Project, root: Path) -> dict[str, str]:
     return {rel: (file_hash(root / rel) if (root / rel).is_file() else "missing") for rel in project.readonly}
+
+
+def own_files(project: Project) -> list[str]:
+    """The project's own files that decide what a run measures: the editable and read-only files and fleetlab.toml."""
+    return sorted({*project.editable, *project.readonly, CONFIG_NAME})
+
+
+def own_hashes(project: Project) -> dict[str, str]:
+    """Hashes of the project's own files, taken at session start (`changed_own_file` compares with them)."""
+    return {rel: (file_hash(project.root / rel) if (project.root / rel).is_file() else "missing")
+            for rel in own_files(project)}
+
+
+def changed_own_file(project: Project, before: dict[str, str]) -> str | None:
+    """The first of the project's own files whose content is no longer what it was at session start, else None.
+
+    Snapshots copy these files: one changed out of band (by a run that got out, another process, a hand) would make
+    later runs measure something else than the earlier ones they are compared with."""
+    for rel, digest in sorted(before.items()):
+        path = project.root / rel
+        try:
+            now = file_hash(path) if path.is_file() else "missing"
+        except OSError:
+            now = "unreadable"
+        if now != digest:
+            return rel
+    return None
 
 
 def make_snapshot(project: Project, dest: Path, files: dict[str, str]) -> dict[str, str]:

@@ -66,6 +66,16 @@ def _local(tmp_path: Path) -> Harness:
     return Harness(LocalExecutor(slots=2, state_dir=tmp_path / ".fleetlab", grace_s=0.5), tmp_path)
 
 
+def _local_sandboxed(tmp_path: Path) -> Harness:
+    from fleetlab.fleet.local import LocalExecutor
+    from fleetlab.fleet.sandbox import Sandbox
+
+    sandbox = Sandbox("auto")
+    if not sandbox.active:
+        pytest.skip(sandbox.notice)
+    return Harness(LocalExecutor(slots=2, state_dir=tmp_path / ".fleetlab", grace_s=0.5, sandbox=sandbox), tmp_path)
+
+
 def _ray(tmp_path: Path) -> Harness:
     pytest.importorskip("ray")
     from ray_cluster import ray_cluster
@@ -87,6 +97,7 @@ def _sky(tmp_path: Path) -> Harness:
 # name -> factory; each engineer adds theirs here.
 FACTORIES: dict[str, Callable[[Path], Harness]] = {
     "local": _local,
+    "local-sandboxed": _local_sandboxed,
     "ray": _ray,
     "sky": _sky,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +19,17 @@ from fleetlab.errors import ConfigError, ExecutorError, SetupFailed, UnknownName
 from fleetlab.fleet import FLEETS, make_executor
 from fleetlab.fleet._base import Handle, RunSpec, Update
 from fleetlab.fleet.local import THREAD_VARS, LocalExecutor, detect_gpus, gpu_label
+from fleetlab.fleet.sandbox import Sandbox, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def ex():
-    executor = LocalExecutor(slots=2, grace_s=0.3)
+@pytest.fixture(params=["none", "bwrap"])
+def ex(request):
+    """A local fleet run plainly and, where bubblewrap can run, in the sandbox: the contract is the same."""
+    if request.param == "bwrap" and probe(shutil.which("bwrap")):
+        pytest.skip(probe(shutil.which("bwrap")))
+    executor = LocalExecutor(slots=2, grace_s=0.3, sandbox=Sandbox(request.param))
     yield executor
     executor.close()
 
@@ -90,6 +95,18 @@ def gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def left_in(workdir: Path) -> list[int]:
+    """Live processes working in `workdir` (a run's children: in a sandbox, their own pids mean nothing out here)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd") == str(workdir.resolve()) and not gone(int(proc.name)):
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # runs
 
@@ -119,16 +136,16 @@ def test_timeout_kills_the_run_and_its_children(ex, tmp_path, _kill_leftovers):
     lines, u = wait(ex, h)  # the command sleeps 60 s: finishing within wait()'s bound means the timeout fired
     assert u.timed_out and u.exit_code != 0
     assert any("timed out" in line for line in lines)
-    child = int((Path(h.data["workdir"]) / "child.pid").read_text())
-    wait_for(lambda: gone(child), 2)
+    wait_for(lambda: not left_in(Path(h.data["workdir"])), 2)
 
 
 def test_timeout_escalates_to_sigkill_for_a_run_that_ignores_sigterm(ex, tmp_path, _kill_leftovers):
     h = submit(ex, tmp_path, "trap '' TERM; sleep 60 & echo $! > child.pid; wait", timeout_s=0.3)
     _kill_leftovers.append(Path(h.data["workdir"]))
     _, u = wait(ex, h)
-    assert u.timed_out and u.exit_code == -signal.SIGKILL
-    wait_for(lambda: gone(int((Path(h.data["workdir"]) / "child.pid").read_text())), 2)
+    # in the sandbox the group's SIGTERM ends bwrap itself, which takes the whole PID namespace with it
+    assert u.timed_out and u.exit_code == (-signal.SIGKILL if not ex.sandbox.active else -signal.SIGTERM)
+    wait_for(lambda: not left_in(Path(h.data["workdir"])), 2)
 
 
 def test_cancel_kills_the_whole_group(ex, tmp_path, _kill_leftovers):
@@ -137,13 +154,13 @@ def test_cancel_kills_the_whole_group(ex, tmp_path, _kill_leftovers):
     _kill_leftovers.append(workdir)
     lines: list[str] = []
     wait_for(lambda: "started" in [line for u in ex.poll([h]) for line in u.lines] or "started" in ex.logs(h))
-    child = int((workdir / "child.pid").read_text())
+    assert left_in(workdir)
     ex.cancel(h)
     lines, u = wait(ex, h, timeout_s=2)
     # killed by a signal: the wrapper's SIGTERM to the group or the executor's SIGKILL, whichever lands first
     assert u.finished and u.exit_code in (-signal.SIGKILL, -signal.SIGTERM) and not u.timed_out
     assert u.infra_failure is None
-    wait_for(lambda: gone(child) and gone(h.data["wrapper_pid"]), 2)
+    wait_for(lambda: not left_in(workdir) and gone(h.data["wrapper_pid"]), 2)
     assert _read(workdir / ".fleetlab_exit.json")["cancelled"] is True
 
 
@@ -198,8 +215,10 @@ def test_resubmit_in_the_same_workdir_ignores_the_earlier_attempt(ex, tmp_path):
     assert (Path(h.data["workdir"]) / "run.log.prev").read_text() == "first\n"
 
 
-def test_two_slots_run_at_once(ex, tmp_path):
-    # each run waits for the other to have started: they can only both finish if they run at the same time
+def test_two_slots_run_at_once(tmp_path):
+    # each run waits for the other to have started: they can only both finish if they run at the same time (through
+    # files outside their run directories, so unsandboxed: a sandboxed run sees no other's files)
+    ex = LocalExecutor(slots=2)
     da, db = tmp_path / "sync-a", tmp_path / "sync-b"
     a = submit(ex, tmp_path, f"touch {da}; while [ ! -e {db} ]; do sleep 0.05; done; echo a",
                experiment_id="exp-0001", worker=0)
@@ -237,27 +256,32 @@ ORCHESTRATOR = textwrap.dedent("""
     from pathlib import Path
     from fleetlab.fleet.local import LocalExecutor
     from fleetlab.fleet._base import RunSpec
-    ex = LocalExecutor(slots=1)
+    from fleetlab.fleet.sandbox import Sandbox
+    ex = LocalExecutor(slots=1, sandbox=Sandbox(sys.argv[3]))
     h = ex.submit(RunSpec("exp-0001", Path(sys.argv[1]), sys.argv[2], {}, 30), ex.workers()[0])
     print(json.dumps(h.data), flush=True)
     time.sleep(60)
 """)
 
 
-def _orchestrate_and_die(tmp_path: Path, command: str) -> dict:
+def _orchestrate_and_die(tmp_path: Path, command: str, sandbox: str = "none") -> dict:
     """Submit from a separate orchestrator process, then SIGKILL it: the run must live on."""
     workdir = tmp_path / "exp-0001"
     workdir.mkdir()
-    orch = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, str(workdir), command], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    orch = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, str(workdir), command, sandbox],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
     data = json.loads(orch.stdout.readline())
     orch.kill()
     orch.wait()
     return data
 
 
-def test_run_survives_a_killed_orchestrator_and_is_reattached(tmp_path, _kill_leftovers):
-    data = _orchestrate_and_die(tmp_path, "echo hi; while [ ! -f go ]; do sleep 0.01; done; echo 'val_bpb: 2.0'")
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_run_survives_a_killed_orchestrator_and_is_reattached(tmp_path, _kill_leftovers, sandbox):
+    if sandbox == "bwrap" and probe(shutil.which("bwrap")):
+        pytest.skip(probe(shutil.which("bwrap")))
+    data = _orchestrate_and_die(tmp_path, "echo hi; while [ ! -f go ]; do sleep 0.01; done; echo 'val_bpb: 2.0'",
+                                sandbox)
     _kill_leftovers.append(Path(data["workdir"]))
     fresh = LocalExecutor(slots=1)
     h = fresh.reattach("exp-0001", data)
@@ -286,7 +310,7 @@ def test_a_run_whose_wrapper_was_killed_is_gone_and_its_command_killed(ex, tmp_p
     os.kill(h.data["wrapper_pid"], signal.SIGKILL)
     _, u = wait(ex, h)
     assert u.infra_failure == "the run's wrapper died" and u.exit_code is None
-    wait_for(lambda: gone(int((workdir / "child.pid").read_text())), 2)  # the orphaned command does not live on
+    wait_for(lambda: not left_in(workdir), 2)  # the orphaned command does not live on
     assert LocalExecutor(slots=1).reattach("exp-0001", h.data) is None
     assert LocalExecutor(slots=1).reattach("exp-0001", {"workdir": str(workdir), "wrapper_pid": os.getpid()}) is None
 

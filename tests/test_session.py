@@ -137,37 +137,54 @@ def test_sigkill_and_resume(mlp_project: Path, keep_rule: str):
 DATA_TRAIN = '''import os
 LR = 0.1
 n = int(os.environ["EXPERIMENT_ID"].split("-")[1])
-# from the 6th experiment on, this machine's data is not what the session started with (a re-run setup, another
-# Python's standard library as the offline corpus, another download)
+# from the 6th experiment on, the run claims other data than its worker's setup prepared
 print("fleetlab: data=" + ("bbbbbbbbbbbbbbbb" if n >= 6 else "aaaaaaaaaaaaaaaa"))
 print(f"loss: {abs(LR - 0.05) + 0.001 * (n % 3):.6f}")
 '''
 
 
-def test_a_worker_measuring_on_other_data_leaves_the_fleet(tmp_path: Path):
-    """Runs print `fleetlab: data=<fingerprint>`; the session pins the first one. A run measured on other data is not
-    compared: it is re-queued (not the variant's fault), its worker leaves the fleet with one sentence saying why and
-    what to do, and with no worker left the session stops with a non-zero exit."""
+def test_the_data_fingerprint_comes_from_setup_and_a_run_cannot_evict_workers(tmp_path: Path):
+    """The setup prints `fleetlab: data=<fingerprint>`; the session pins it. A run printing another fails alone
+    (tampered, its worker stays); a worker whose setup prepared other data than the session's (a resumed session
+    after the data changed) leaves the fleet with one sentence saying why and what to do, its run re-queued, and with
+    no worker left the session stops with a non-zero exit."""
     root = tmp_path / "proj"
     root.mkdir()
     (root / "train.py").write_text(DATA_TRAIN)
+    (root / "source.txt").write_text("a" * 16)
     (root / "fleetlab.toml").write_text(
-        "[project]\neditable = [\"train.py\"]\ncommand = \"python train.py\"\ntime_budget_s = 1\ntimeout_s = 30\n\n"
+        "[project]\neditable = [\"train.py\"]\ncommand = \"python train.py\"\ntime_budget_s = 1\ntimeout_s = 30\n"
+        "setup = 'echo \"fleetlab: data=$(cat source.txt)\"'\n\n"
         "[metric]\nname = \"loss\"\ngoal = \"minimize\"\npattern = '^loss:\\s*(\\S+)'\n\n"
         "[knobs.LR]\nlow = 0.01\nhigh = 1.0\nlog = true\n")
     r = fleetlab_cmd("run", "-C", str(root), "--fleet", "local:2", "--strategy", "random", "--max-experiments", "10",
                      "--keep-rule", "simple", timeout=240)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "measured on other data" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     store = SQLiteStore(root / ".fleetlab" / "fleetlab.db")
     exps = {e.id: e for e in store.experiments()}
     sess = store.sessions()[-1]
+    assert sess["data_fingerprint"] == "a" * 16 and "no workers left" not in sess["stop_reason"]
+    assert len(exps) == 10 and all(e.state.is_final for e in exps.values())
+    early = [e for e in exps.values() if e.number < 6]
+    assert early and all(e.state is State.DONE and e.extras["data"] == "a" * 16 for e in early)
+    late = [e for e in exps.values() if e.number >= 6]
+    assert late and all(e.state is State.TAMPERED and e.metric is None for e in late)
+    assert all("printed the data fingerprint " + "b" * 16 in e.meta["reason"] for e in late)
+    store.close()
+
+    # the data changed on this machine: resuming the session, every worker's setup now prepares other data
+    (root / "source.txt").write_text("c" * 16)
+    r = fleetlab_cmd("run", "-C", str(root), "--fleet", "local:2", "--strategy", "random", "--max-experiments", "14",
+                     "--keep-rule", "simple", "--tag", sess["tag"], timeout=240)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "measured on other data" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    store = SQLiteStore(root / ".fleetlab" / "fleetlab.db")
+    sess = store.sessions()[-1]
+    after = {e.id: e for e in store.experiments()}
     store.close()
     assert sess["data_fingerprint"] == "a" * 16
     assert "no workers left" in sess["stop_reason"] and "run the project's setup" in sess["stop_reason"]
-    assert "fingerprint " + "b" * 16 in sess["stop_reason"]
-    done = [e for e in exps.values() if e.state is State.DONE]
-    assert done and all(e.extras["data"] == "a" * 16 and e.number < 6 for e in done)
+    assert "fingerprint is " + "c" * 16 in sess["stop_reason"]
     # nothing measured on the other data was recorded as a result: those runs wait in the queue for a good worker
-    late = [e for e in exps.values() if e.number >= 6]
-    assert late and all(e.state is State.QUEUED and e.metric is None for e in late)
+    new = [e for e in after.values() if e.id not in exps]
+    assert new and all(e.state is State.QUEUED and e.metric is None for e in new)

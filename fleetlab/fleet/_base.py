@@ -86,6 +86,15 @@ class Executor(abc.ABC):
     def prepare(self, project_root: Path, setup: str | None) -> None:
         """Run the project's setup once per worker before the first experiment (default: nothing to do)."""
 
+    def data_fingerprint(self, worker_id: str) -> str | None:
+        """The data fingerprint (`fleetlab: data=...`) the worker's setup printed, None if it printed none. A run's
+        own output is never trusted for it: a run may only repeat it."""
+        return None
+
+    def notices(self) -> list[str]:
+        """Sentences to show once at session start (a run sandbox that is not available here)."""
+        return []
+
     def dry_run(self, specs: list[tuple[RunSpec, Worker]], out_dir: Path) -> list[Path]:
         """Write the exact launch specs for `specs` into out_dir without launching anything; return their paths."""
         import json

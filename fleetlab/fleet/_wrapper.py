@@ -1,10 +1,11 @@
 """The tiny process every local run is started through: `python -m fleetlab.fleet._wrapper --workdir DIR -- COMMAND`.
 
 It outlives the orchestrator (the executor starts it in a new session), so a restarted orchestrator can still collect
-the run. It starts `/bin/sh -c COMMAND` in DIR in a process group of its own, writes `.fleetlab_run.json` once the
-command is started and `.fleetlab_exit.json` (atomically) once it has ended, enforces `--timeout` itself (SIGTERM to
-the group, SIGKILL after `--grace` seconds) and on SIGTERM/SIGINT/SIGHUP kills the group the same way (a cancel).
-When the command ends, whatever it left behind in its group is killed too.
+the run; it stays outside the run's sandbox, so the files it writes are its word, not the run's. It starts
+`/bin/sh -c COMMAND` (or the sandbox around it: `-- bwrap ... /bin/sh -c COMMAND`) in DIR in a process group of its
+own, writes `.fleetlab_run.json` once the command is started and `.fleetlab_exit.json` (atomically) once it has
+ended, enforces `--timeout` itself (SIGTERM to the group, SIGKILL after `--grace` seconds) and on SIGTERM/SIGINT/SIGHUP
+kills the group the same way (a cancel). When the command ends, whatever it left behind in its group is killed too.
 
 Its output is the run's: the executor opens `run.log` as the wrapper's stdout and stderr, and the command inherits it.
 Standard library only, few imports: it sits on the critical path of every dispatch.
@@ -34,7 +35,9 @@ def write_json_atomic(path, data):
 
 
 def parse_args(argv):
-    """--workdir DIR [--timeout S] [--grace S] -- COMMAND (argparse costs more to import than this)."""
+    """--workdir DIR [--timeout S] [--grace S] -- COMMAND | -- PROGRAM ARG... (argparse costs more to import).
+
+    One word after `--` is a shell command; more are a program and its arguments (the sandbox, then the shell)."""
     opts = {"--workdir": None, "--timeout": "0", "--grace": "5"}
     i = 0
     while i < len(argv) and argv[i] != "--":
@@ -42,9 +45,10 @@ def parse_args(argv):
             raise SystemExit(f"fleetlab wrapper: bad argument {argv[i]!r}")
         opts[argv[i]] = argv[i + 1]
         i += 2
-    if opts["--workdir"] is None or i + 2 != len(argv):
+    if opts["--workdir"] is None or i + 2 > len(argv):
         raise SystemExit("usage: python -m fleetlab.fleet._wrapper --workdir DIR [--timeout S] [--grace S] -- COMMAND")
-    return opts["--workdir"], float(opts["--timeout"]), float(opts["--grace"]), argv[i + 1]
+    program = argv[i + 1:] if i + 2 < len(argv) else ["/bin/sh", "-c", argv[i + 1]]
+    return opts["--workdir"], float(opts["--timeout"]), float(opts["--grace"]), program
 
 
 def killpg(pgid, sig):
@@ -71,7 +75,7 @@ def has_exited(pid):
 
 
 def main(argv):
-    workdir, timeout_s, grace_s, command = parse_args(argv)
+    workdir, timeout_s, grace_s, program = parse_args(argv)
     workdir = os.path.abspath(workdir)
     wrapper_pid = os.getpid()
     stop = []  # the signal that asked us to stop (a list so the handler can append without `global`)
@@ -98,7 +102,7 @@ def main(argv):
             os.close(wake_w)
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not inherit that
                 signal.signal(sig, signal.SIG_DFL)
-            os.execv("/bin/sh", ["/bin/sh", "-c", command])
+            os.execv(program[0], program)
         except BaseException as e:  # noqa: BLE001 - report anything and leave with the shell's "cannot run" code
             os.write(2, f"fleetlab wrapper: cannot start the command: {e}\n".encode())
         finally:

@@ -5,6 +5,10 @@ The wrapper owns the run: it starts the command in its own process group, enforc
 `.fleetlab_run.json` / `.fleetlab_exit.json` into the run directory. This executor only launches wrappers and reads
 those files and `run.log`; a restarted orchestrator re-attaches to runs from the same files.
 
+Runs and the setup command are sandboxed (fleetlab.fleet.sandbox) when the executor is given a Sandbox: a project's
+fleet always is (`[sandbox]`). Every run gets `FLEETLAB_CACHE_DIR`, a directory of its worker's own that persists
+across its experiments (compiler caches), under `<state_dir>/cache/<worker>`.
+
     local:N      N CPU slots (workers local-0..N-1, hardware "cpu"; GPUs hidden from the runs)
     local:gpus   one slot per visible GPU (nvidia-smi, honouring CUDA_VISIBLE_DEVICES); each run sees only its GPU
 """
@@ -25,6 +29,7 @@ from typing import Any, Mapping
 from fleetlab.errors import ConfigError, ExecutorError, SetupFailed
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
 from fleetlab.fleet._wrapper import EXIT_FILE, RUN_FILE
+from fleetlab.fleet.sandbox import Sandbox
 
 LOG_FILE = "run.log"
 WRAPPER_MODULE = "fleetlab.fleet._wrapper"
@@ -214,14 +219,15 @@ class LocalExecutor(Executor):
     """Runs experiments as wrapped subprocesses on this machine: `slots` CPU slots, or one slot per GPU in `gpus`.
 
     `gpus` are CUDA_VISIBLE_DEVICES values (indices or UUIDs); their hardware labels come from nvidia-smi.
-    `state_dir` is where the executor's own files go (setup.log); default `<project_root>/.fleetlab`.
+    `state_dir` is where the executor's own files go (setup.log, the workers' caches); default
+    `<project_root>/.fleetlab`. `sandbox` wraps every run and the setup (None: unsandboxed, as a bare library call).
     """
 
     name = "local"
     SUPPORTS = frozenset({"reattach", "early_stop"})
 
     def __init__(self, slots: int | None = None, gpus: list[str] | None = None, threads_per_slot: int = 1,
-                 state_dir: Path | None = None, grace_s: float = 5.0):
+                 state_dir: Path | None = None, grace_s: float = 5.0, sandbox: Sandbox | None = None):
         if gpus:
             labels = {key: gpu_label(name) for index, uuid, name in _nvidia_smi(os.environ) for key in (index, uuid)}
             self._workers = [Worker(f"local-gpu{g}" if str(g).isdigit() else f"local-{g}",
@@ -241,14 +247,18 @@ class LocalExecutor(Executor):
         self._procs: dict[int, subprocess.Popen] = {}  # wrapper pid -> Popen, for the wrappers this instance started
         self._runs: dict[tuple[str, int], _Run] = {}
         self._prepared = False
+        self.sandbox = sandbox or Sandbox("none")
+        self._fingerprint: str | None = None  # the data fingerprint the setup printed (`fleetlab: data=...`)
 
     @classmethod
     def from_spec(cls, spec: str, project_root: Path | None = None, **kw: Any) -> "LocalExecutor":
-        """`local`, `local:N` or `local:gpus`."""
+        """`local`, `local:N` or `local:gpus`. `sandbox` is the project's `[sandbox]` table (or a Sandbox)."""
         _, _, arg = spec.partition(":")
         arg = arg.strip().lower()
         if project_root is not None and kw.get("state_dir") is None:
             kw["state_dir"] = Path(project_root) / ".fleetlab"
+        if not isinstance(kw.get("sandbox"), Sandbox):
+            kw["sandbox"] = Sandbox.from_settings(kw.get("sandbox"), project_root)
         if arg == "gpus":
             gpus = detect_gpus()
             if not gpus:
@@ -269,19 +279,30 @@ class LocalExecutor(Executor):
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
+    def notices(self) -> list[str]:
+        return [self.sandbox.notice] if self.sandbox.notice else []
+
+    def data_fingerprint(self, worker_id: str) -> str | None:
+        return self._fingerprint  # one setup serves every slot of this machine
+
     def prepare(self, project_root: Path, setup: str | None) -> None:
-        """Run the setup command once, in project_root, with its output in `.fleetlab/setup.log`."""
+        """Run the setup command once, in project_root (in the sandbox), with its output in `.fleetlab/setup.log`."""
         if self._prepared or not setup:
             self._prepared = True
             return
         state_dir = self.state_dir or Path(project_root) / ".fleetlab"
         state_dir.mkdir(parents=True, exist_ok=True)
         log = state_dir / "setup.log"
+        argv = [*self.sandbox.setup_argv(Path(project_root)), "/bin/sh", "-c", setup]
         with open(log, "wb") as out:
-            rc = subprocess.run(["/bin/sh", "-c", setup], cwd=project_root, stdin=subprocess.DEVNULL, stdout=out,
+            rc = subprocess.run(argv, cwd=project_root, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=self._env({}, None)).returncode
         if rc != 0:
             raise SetupFailed(f"the setup command {setup!r} failed with exit code {rc}; see {log}", worker_id="local")
+        from fleetlab.collect import DATA_LINE
+
+        found = DATA_LINE.findall(log.read_text(errors="replace"))
+        self._fingerprint = found[-1] if found else None
         self._prepared = True
 
     def submit(self, spec: RunSpec, worker: Worker) -> Handle:
@@ -294,9 +315,13 @@ class LocalExecutor(Executor):
             (workdir / stale).unlink(missing_ok=True)
         if (workdir / LOG_FILE).exists():
             os.replace(workdir / LOG_FILE, workdir / f"{LOG_FILE}.prev")
+        cache = (self.state_dir or workdir.parent) / "cache" / worker.id
+        cache.mkdir(parents=True, exist_ok=True)
+        sandbox = self.sandbox.run_argv(workdir, [cache.resolve()])
         argv = [sys.executable, "-E", "-S", "-m", WRAPPER_MODULE, "--workdir", str(workdir),
-                "--timeout", repr(float(spec.timeout_s or 0)), "--grace", repr(float(self.grace_s)), "--", spec.command]
-        env = self._env(spec.env, self._gpu.get(worker.id, ""))
+                "--timeout", repr(float(spec.timeout_s or 0)), "--grace", repr(float(self.grace_s)), "--",
+                *([*sandbox, "/bin/sh", "-c", spec.command] if sandbox else [spec.command])]
+        env = self._env({**spec.env, "FLEETLAB_CACHE_DIR": str(cache.resolve())}, self._gpu.get(worker.id, ""))
         started_at = time.time()
         try:
             with open(workdir / LOG_FILE, "ab") as log:
