@@ -13,9 +13,10 @@ Definitions (each used everywhere; a surface formats, it never recomputes):
 - *gain* = baseline mean − incumbent mean for a minimised metric, the reverse for a maximised one: positive is better
   either way; `pct` is relative to |baseline mean|; `ci` is Welch's 95 % interval of that difference.
 - *confirmed_gain* is the same figure from the end-of-session paired re-runs (role `confirm`) alone.
-- A row's *status* is autoresearch's: `crash` for a failed run, `keep` for a kept variant and for the baseline's and
-  kept variants' own measurement runs (replicates, validation runs, controls), else `discard` (a pending candidate is
-  `discard` until its validation keeps it). `decisions` counts the keep rule's own verdicts, with the baseline apart.
+- A row's *status* is autoresearch's: `crash` for a failed run, `keep` for every run of code that was kept (the
+  baseline's, a kept variant's: screening run, replicates, validation runs, controls, duplicates), else `discard` (a
+  pending candidate is `discard` until its validation keeps it). `by_decision` counts the keep rule's own verdicts
+  (one keep per kept change), with the baseline apart.
 """
 
 from __future__ import annotations
@@ -103,9 +104,8 @@ def _row(e: Experiment, i: int, decisions: dict, kept: set[tuple[str, str]], sto
     if is_finished(e):
         if e.state.is_failure:
             status = "crash"
-        elif (d is not None and d.status == "keep") or (
-                e.role in MEASURE_ROLES and (e.tag, e.content_hash or e.id) in kept):
-            status = "keep"
+        elif (d is not None and d.status == "keep") or (e.tag, e.content_hash or e.id) in kept:
+            status = "keep"  # the kept code: its screening run, its replicates, validation runs and duplicates
         else:
             status = "discard"
     metric, observed = (e.metric if is_finite(e.metric) else None), False

@@ -96,6 +96,17 @@ def test_results_tsv_is_autoresearchs(tmp_path):
     assert (body["exp-0010"]["status"], body["exp-0010"]["decision"]) == ("discard", "pending")
 
 
+def test_every_run_of_kept_code_is_a_keep_row(tmp_path):
+    spec = [(D, 1.0, "baseline", "baseline", "B", "keep"), (D, 0.8, "better", "explore", "K", "keep"),
+            (D, 0.81, "the same code again", "explore", "K", "discard"), (D, 1.02, "a no-op", "explore", "B", "discard"),
+            (D, 0.9, "other", "explore", "O", "discard")]
+    project, store = make(tmp_path, spec)
+    assert [r[3] for r in tsv_rows(project, store)[1:]] == ["keep", "keep", "keep", "keep", "discard"]
+    kinds = [p["kind"] for p in plot_points(rows(store, "t"))]
+    assert kinds == ["keep", "keep", "measure", "measure", "discard"]
+    assert compute(project, store).counts["by_decision"] == {"baseline": 1, "keep": 1, "discard": 3}
+
+
 def test_plot_draws_measurements_and_pruned_runs_as_such(tmp_path):
     project, store = make(tmp_path, SESSION)
     kinds = {p["id"]: (p["kind"], p["metric"]) for p in plot_points(rows(store, "t"))}

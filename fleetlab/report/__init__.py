@@ -27,8 +27,8 @@ def plot_points(rows: list[_facts.Row]) -> list[dict[str, Any]]:
             kind = "crash"
         elif r.state == "pruned":
             kind = "pruned"
-        elif r.role in _facts.MEASURE_ROLES and not (r.role == "baseline" and r.decision == "keep"):
-            kind = "measure"
+        elif (r.role in _facts.MEASURE_ROLES or r.status == "keep") and r.decision != "keep":
+            kind = "measure"  # another run of some code (a kept one's duplicates included), not a screening
         elif r.decision == "pending":
             kind = "pending"
         else:
