@@ -22,7 +22,6 @@ Definitions (each used everywhere; a surface formats, it never recomputes):
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import math
 import os
 import time
@@ -277,11 +276,11 @@ def _latest_tag(store) -> str | None:
 
 def drift_warnings(project, exps: list[Experiment], baseline_id: str | None, incumbent_id: str | None) -> list[str]:
     """Sentences on drift: the baseline's and incumbent's re-runs moved in metric or throughput by more than their
-    noise floor (fleetlab.analysis.drift's estimate, where that analysis is installed)."""
-    if importlib.util.find_spec("fleetlab.analysis.drift") is None:
-        return []
+    noise floor (fleetlab.analysis.drift's estimate; nothing to say before an arm has re-runs)."""
     from fleetlab.analysis.drift import drift_warnings as estimate
 
+    if baseline_id is None:
+        return []
     return list(estimate(exps, project.goal, baseline_id, incumbent_id))
 
 

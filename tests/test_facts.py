@@ -107,3 +107,14 @@ def test_only_finished_runs_count_and_failures_are_crashes(tmp_path):
     e = store.add_experiment(Experiment(id="", tag="t", description="later", state=State.QUEUED, queued_at=T0))
     store.add_decision(e.id, Decision("pending"), T0)  # a verdict does not make a queued run finished
     assert compute(project, store).experiments == 3
+
+
+def test_drift_of_the_baselines_reruns_is_a_warning(tmp_path):
+    spec = [(D, 1.0 + 0.02 * i + (0.001 if i % 2 else 0.0), "baseline", "baseline" if i == 0 else "replicate", "B",
+             "keep" if i == 0 else "discard") for i in range(6)]
+    project, store = make(tmp_path, spec)
+    warnings = compute(project, store).warnings
+    assert any("metric drifted" in w and "exp-0001" in w and "worse" in w for w in warnings), warnings
+    steady = [(D, 1.0 + (0.001 if i % 2 else 0.0), *rest) for i, (_, _, *rest) in enumerate(spec)]
+    project, store = make(tmp_path / "steady", steady)
+    assert not any("drifted" in w for w in compute(project, store).warnings)
