@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ from typing import Any, Iterable
 
 from fleetlab.experiment import Experiment, State, is_finite
 
-__all__ = ["Facts", "Row", "compute", "rows", "serving", "MEASURE_ROLES", "arm_stats", "gain_between"]
+__all__ = ["Facts", "Row", "compute", "rows", "serving", "headline", "incumbent_path", "fmt", "MEASURE_ROLES",
+           "arm_stats", "gain_between", "is_finished"]
 
 MEASURE_ROLES = ("baseline", "replicate", "validate", "control", "confirm")  # fair draws of their code
 CONFIDENCE = 0.95
@@ -376,7 +376,8 @@ def compute(project, store, tag: str | None = None, now: float | None = None) ->
     from fleetlab.analysis.noise import measurements_from
 
     sigma = measurements_from(finished, MEASURE_ROLES).sigma()
-    warnings = _data_warnings(rs) + _worker_warnings(sess) + drift_warnings(project, finished, base_exp.id if base_exp else None, inc_id)
+    warnings = (_data_warnings(rs) + _worker_warnings(sess)
+                + drift_warnings(project, finished, base_exp.id if base_exp else None, inc_id))
     if stale:
         warnings.append(f"{stale} run(s) were left running by a `fleetlab run` that is gone: the next `fleetlab run` "
                         "collects them or runs them again")
@@ -467,7 +468,8 @@ def headline(f: Facts) -> list[str]:
     parts = [f"{dec.get(k, 0)} {k}" for k in ("baseline", "keep", "discard", "crash", "pending") if dec.get(k)]
     lines = [f"session {f.tag or '-'}: {f.experiments} experiments finished"
              + (f" ({', '.join(parts)})" if parts else "")
-             + (f"; {c['running']} running" if c["running"] else "") + (f"; {f.queue_depth} queued" if f.queue_depth else "")
+             + (f"; {c['running']} running" if c["running"] else "")
+             + (f"; {f.queue_depth} queued" if f.queue_depth else "")
              + (f"; {f.stop_reason}" if f.stop_reason and not f.serving else "")]
     b, i, g = f.baseline, f.incumbent, f.gain
     if b is not None:

@@ -22,7 +22,8 @@ VOID = {"meta", "img", "br", "hr", "link", "input"}
 T0 = 1_000_000.0
 
 
-def make(tmp_path: Path, spec: list[tuple], goal: str = "minimize", session: bool = True) -> tuple[Project, SQLiteStore]:
+def make(tmp_path: Path, spec: list[tuple], goal: str = "minimize",
+         session: bool = True) -> tuple[Project, SQLiteStore]:
     """A real project and store holding `spec`: (state, metric, description, role, code, decision[, observed]) rows,
     one experiment each in that order; `code` names the content hash; a `keep` decision moves the incumbent."""
     d = tmp_path / "proj"
@@ -98,7 +99,8 @@ def test_results_tsv_is_autoresearchs(tmp_path):
 
 def test_every_run_of_kept_code_is_a_keep_row(tmp_path):
     spec = [(D, 1.0, "baseline", "baseline", "B", "keep"), (D, 0.8, "better", "explore", "K", "keep"),
-            (D, 0.81, "the same code again", "explore", "K", "discard"), (D, 1.02, "a no-op", "explore", "B", "discard"),
+            (D, 0.81, "the same code again", "explore", "K", "discard"),
+            (D, 1.02, "a no-op", "explore", "B", "discard"),
             (D, 0.9, "other", "explore", "O", "discard")]
     project, store = make(tmp_path, spec)
     assert [r[3] for r in tsv_rows(project, store)[1:]] == ["keep", "keep", "keep", "keep", "discard"]

@@ -52,7 +52,8 @@ def _gain(prefix: str, g: dict[str, Any] | None) -> str:
         return "—"
     out = f"{_cell(prefix + '.abs', g['abs'], '+.6g')} ({_cell(prefix + '.pct', g['pct'], '+.2f', '%')})"
     if g.get("ci"):
-        out += f", 95% CI [{_cell(prefix + '.ci.0', g['ci'][0], '+.6g')}, {_cell(prefix + '.ci.1', g['ci'][1], '+.6g')}]"
+        lo, hi = _cell(prefix + ".ci.0", g["ci"][0], "+.6g"), _cell(prefix + ".ci.1", g["ci"][1], "+.6g")
+        out += f", 95% CI [{lo}, {hi}]"
     return out
 
 
