@@ -77,6 +77,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "margin": (_FLOAT, 0.0),
         "quantile": (_FLOAT, 0.95),
         "screen": (_BOOL, True),
+        "recent": (_INT, 30),
     },
     "stop": {
         "max_experiments": (_INT, 0),

@@ -160,8 +160,8 @@ def test_tiers_incumbent_replicates_and_decision_numbers(planted_runs):
     sched, rule, _, decisions = planted_runs[0]
     assert rule.tier_of(sched.workers_now[-1]) == "validate" and rule.validate_class() == "H200"
     exps = sched.experiments()
-    validations = [e for e in exps if e.role == "validate" and e.hardware]
-    # validations prefer the validate class (2 of 8 workers) and spill onto the screen class when they back up
+    validations = [e for e in exps if e.role in ("validate", "control") and e.hardware]
+    # validations and their controls prefer the validate class (2 of 8 workers), spilling onto the screen class
     assert sum(e.hardware == "H200" for e in validations) > len(validations) * 2 / 8
     reps = [e for e in exps if e.role == "replicate"]
     assert {e.want_hardware for e in reps} == {"H100", "H200"}  # spread across classes
@@ -170,7 +170,8 @@ def test_tiers_incumbent_replicates_and_decision_numbers(planted_runs):
     keep = next(d for d in verdicts if d.status == "keep")
     for key in ("mean", "n", "inc_mean", "inc_n", "t", "p", "sigma", "gain"):
         assert key in keep.numbers
-    assert keep.numbers["p"] < rule.alpha == 0.05 and keep.numbers["n"] == 3
+    # R validation runs a round (a verdict left inconclusive gets up to `extend_rounds` more)
+    assert keep.numbers["p"] < rule.alpha == 0.05 and keep.numbers["n"] == 3 * keep.numbers["rounds"]
     assert any("screening false positive" in d.reason for d in verdicts)
     baseline = [e for e in exps if e.role == "baseline"]
     assert len(baseline) == 3 and len({e.seed for e in baseline}) == 3
@@ -264,7 +265,8 @@ def test_verdict_waits_for_the_incumbents_fresh_replicates_not_its_validation_ru
     (cid, verdict), = view.pop_decisions()
     assert cid == a.id and verdict.status == "keep"
     view.inc = a
-    assert [p.role for p in view.followups()] == ["validate", "replicate"]  # A's validation; then its fresh runs
+    # A's validation, then its fresh runs (and a control of A for B's verdict)
+    assert [p.role for p in view.followups() if p.role != "control"] == ["validate", "replicate"]
     b, d = run("explore", "B", 0.985, parent=a.id)
     assert d.status == "pending"
     for x in (0.9845, 0.9850, 0.9855):
@@ -337,7 +339,7 @@ def _inconclusive_candidate(rule, workers=()):
     view.inc = view.exps["exp-0001"]
     view.followups()
     cand, d = view.run("explore", "A", 0.98, parent="exp-0001")
-    assert d.status == "pending" and [p.role for p in view.followups()] == ["validate"]
+    assert d.status == "pending" and [p.role for p in view.followups() if p.role != "control"] == ["validate"]
     for x in (0.995, 0.993, 0.997):
         view.run("validate", "A", x, parent=cand.id)
     return view, cand
@@ -348,9 +350,10 @@ def test_an_inconclusive_verdict_gets_another_round_instead_of_a_discard():
     rule = view.rule
     assert view.pop_decisions() == [] and rule.describe()["pending"] == [cand.id]
     props = view.followups()
-    assert [(p.role, p.parent, p.replicates) for p in props] == [("validate", cand.id, 3), ("replicate", "exp-0001", 3)]
+    # the added round asks for R controls of the incumbent, less the one queued with the first round
+    assert [(p.role, p.parent, p.replicates) for p in props] == [("validate", cand.id, 3), ("control", "exp-0001", 2)]
     for x in (1.0, 1.004, 0.996):
-        view.run("replicate", "base", x, parent="exp-0001")
+        view.run("control", "base", x, parent="exp-0001")
     for x in (0.990, 0.991, 0.989):
         view.run("validate", "A", x, parent=cand.id)
     (cid, verdict), = view.pop_decisions()
@@ -459,12 +462,10 @@ def test_combinations_skip_alternatives_on_the_same_knob_and_configs_already_run
     exp(1)  # the parent
     a, b, c = exp(2, AR=96), exp(3, AR=112), exp(4, TB=2**18)
     exp(5, AR=112, TB=2**18)  # already run by a strategy
-    rule._improved["exp-0001"] = [a.id]
-    rule._propose_combinations("exp-0001", b.id, view, kept=False)  # 96 + 112: alternatives, nothing to merge
-    rule._improved["exp-0001"].append(b.id)
-    rule._propose_combinations("exp-0001", c.id, view, kept=True)
-    rule._improved["exp-0001"].append(c.id)
+    rule.comb.improved["exp-0001"] = [a.id]
+    props = rule.comb.improves("exp-0001", b.id, view, kept=False)  # 96 + 112: alternatives, nothing to merge
+    props += rule.comb.improves("exp-0001", c.id, view, kept=True)
     d = exp(6, TB=2**18)  # the same change again (another strategy's copy)
-    rule._propose_combinations("exp-0001", d.id, view, kept=False)
-    merged = [{**view.exps[p.parent].knobs, **p.knobs} for p in view.followups() if p.role == "combine"]
+    props += rule.comb.improves("exp-0001", d.id, view, kept=False)
+    merged = [{**view.exps[p.parent].knobs, **p.knobs} for p in props if p.role == "combine"]
     assert merged == [{"AR": 96, "TB": 2**18}]  # 112 + 2**18 was run already; C's copy brings nothing new

@@ -67,7 +67,8 @@ def _interp(curve: list[tuple[float, float]], t: float) -> float:
 class Pruner(_base.Pruner):
     def __init__(self, goal: str = "minimize", time_budget_s: float = 300.0, *, min_fraction: float = 0.2,
                  max_fraction: float = 0.9, min_history: int = 5, slack: float = 0.5, margin: float = 0.0,
-                 history: int = 300, grid: int = 60, quantile: float = 0.95, screen: bool = True):
+                 history: int = 300, grid: int = 60, quantile: float = 0.95, screen: bool = True,
+                 recent: int = 30):
         self.goal, self.budget = goal, float(time_budget_s)
         self.min_fraction, self.max_fraction = min_fraction, max_fraction
         self.min_history, self.slack, self.margin = min_history, slack, margin
@@ -78,6 +79,10 @@ class Pruner(_base.Pruner):
         self._folded: set[str] = set()
         self._rows: list[list[float]] = []  # finished curves minus their final metric, on the grid (score units)
         self._matrix = None
+        self.recent = int(recent)
+        self._by_class: dict[str, list[list[float]]] = {}  # class -> its `recent` last finished curves (as _rows)
+        self._base_hash: str | None = None
+        self._base_scan = 0
         self.checks = 0
         self.pruned = 0
 
@@ -107,26 +112,38 @@ class Pruner(_base.Pruner):
         if len(curve) < 2:
             return
         final = self._score(e.metric)
-        self._rows.append([self._score(_interp(curve, t)) - final for t in self._times()])
+        row = [self._score(_interp(curve, t)) - final for t in self._times()]
+        self._rows.append(row)
         if len(self._rows) > self.history:
             self._rows = self._rows[-self.history:]
+        recent = self._by_class.setdefault(e.hardware or "unknown", [])
+        recent.append(row)
+        if len(recent) > self.recent:
+            del recent[0]
         self._matrix = None
 
-    def allowance(self, t: float) -> float | None:
-        """How much a run at time t may still improve, from the history (None: not enough history)."""
-        if len(self._rows) < self.min_history:
-            return None
+    def allowance(self, t: float, hardware: str | None = None) -> float | None:
+        """How much a run at time t may still improve (None: not enough history). From the `recent` finished runs
+        on the run's own class when there are `min_history` of them (they ran under the conditions it runs under),
+        else from every class's history."""
         import numpy as np
 
-        if self._matrix is None:
-            self._matrix = np.array(self._rows)
+        rows = self._by_class.get(hardware or "unknown", [])
+        if len(rows) >= self.min_history:
+            matrix = np.array(rows)
+        elif len(self._rows) >= self.min_history:
+            if self._matrix is None:
+                self._matrix = np.array(self._rows)
+            matrix = self._matrix
+        else:
+            return None
         i = min(self.grid - 1, max(0, int(round(t / self.budget * self.grid)) - 1))
-        col = self._matrix[:, i]
+        col = matrix[:, i]
         top = col.max() if self.quantile >= 1.0 else np.quantile(col, self.quantile)
         return float(top + self.slack * col.std())
 
     def should_prune(self, exp: Experiment, curve: list[tuple[float, float]], view: Any) -> Prune | None:
-        if not curve or exp.role != "explore" or exp.meta.get("prune") is False:
+        if not curve or exp.role != "explore" or exp.meta.get("prune") is False or self._protected(exp, view):
             return None
         t, m = curve[-1]
         if t < self.min_fraction * self.budget or t > self.max_fraction * self.budget:
@@ -136,7 +153,7 @@ class Pruner(_base.Pruner):
             return None
         self.checks += 1
         self._update(view)
-        allow = self.allowance(t)
+        allow = self.allowance(t, exp.hardware)
         if allow is None:
             return None
         best_case = self._score(m) - max(0.0, allow)
@@ -152,6 +169,19 @@ class Pruner(_base.Pruner):
         beat = f"beat {inc.id} ({ref})" + (f" by the screen's {bar:.4g}" if bar else "")
         return Prune(f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
                      f"so it cannot {beat}", bound=self._score(best_case))
+
+    def _protected(self, exp: Experiment, view: Any) -> bool:
+        """A run of the incumbent's or the baseline's code is a measurement of the reference itself: never stopped
+        (an exact copy of the baseline was pruned as unable to beat itself)."""
+        inc = view.incumbent()
+        exps = view.experiments()
+        while self._base_hash is None and self._base_scan < len(exps):  # the first baseline, found once
+            e = exps[self._base_scan]
+            self._base_scan += 1
+            if e.role == "baseline":
+                self._base_hash = e.content_hash or e.id
+        h = exp.content_hash or exp.id
+        return h == self._base_hash or (inc is not None and h == (inc.content_hash or inc.id))
 
     def _reference(self, exp: Experiment, inc: Experiment, view: Any) -> tuple[float | None, float]:
         """(the incumbent's mean on this run's hardware class as the keep rule will compare them, or None when the
@@ -171,5 +201,5 @@ class Pruner(_base.Pruner):
 def make_pruner(project: Any) -> Pruner:
     """The project's pruner: its goal and time budget, options from fleetlab.toml's `[prune]`."""
     section = project.section("prune")
-    keys = ("min_fraction", "max_fraction", "min_history", "slack", "margin", "quantile", "screen")
+    keys = ("min_fraction", "max_fraction", "min_history", "slack", "margin", "quantile", "screen", "recent")
     return Pruner(project.goal, project.time_budget_s, **{k: section[k] for k in keys if k in section})

@@ -33,9 +33,11 @@ Everything is incremental: judging a run costs O(1) apart from rare events (a ne
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
+from fleetlab.analysis.arms import SCREEN_ROLES, VAL, ArmsAndTime, _Pending
+from fleetlab.analysis.combine import Combinations
+from fleetlab.analysis.drift import Timeline, run_time
 from fleetlab.analysis.hardware import assign_tiers, offsets, rank_classes
 from fleetlab.analysis._base import KeepRule, SessionView as View, Verdict
 from fleetlab.analysis.noise import UNBIASED_ROLES, Measurements, Stat
@@ -43,8 +45,6 @@ from fleetlab.experiment import Decision, Experiment, Proposal, State
 
 __all__ = ["ValidityKeepRule", "welch_one_sided"]
 
-SCREEN_ROLES = ("explore", "combine")
-VAL = "#validation"  # validation runs are kept apart from the variant's fresh replicates (see `reference`)
 
 
 def welch_one_sided(a: Stat, b: Stat, goal: str, sigma: float | None = None, df: int = 0) -> tuple[float, float, float]:
@@ -73,20 +73,9 @@ def welch_one_sided(a: Stat, b: Stat, goal: str, sigma: float | None = None, df:
     return t, float(stats.t.sf(t, dof)), dof
 
 
-@dataclass
-class _Pending:
-    cand: str
-    key: str
-    parent: str | None
-    want: int
-    simplify: bool
-    screen: dict[str, Any]
-    hardware: dict[str, int] = field(default_factory=dict)  # validation runs per class
-    ended: int = 0
-    rounds: int = 0  # validation rounds added after an inconclusive verdict
 
 
-class ValidityKeepRule(KeepRule):
+class ValidityKeepRule(ArmsAndTime, KeepRule):
     name = "validity"
     MIN_OFFSET_WEIGHT = 4.0  # Σ 1/(1/n_a + 1/n_b) behind a hardware effect before runs of other classes are pooled
 
@@ -114,9 +103,13 @@ class ValidityKeepRule(KeepRule):
         self._verdicts: list[tuple[str, Decision]] = []
         self._out: list[Proposal] = []
         self._inc_seen: str | None = None
-        self._improved: dict[str, list[str]] = {}           # parent id -> candidates validated better than it
-        self._combined: set[frozenset] = set()
-        self._merged: list[dict[str, Any]] = []             # knobs of the combinations proposed
+        self.comb = Combinations(combine)
+        self.tl = Timeline()                                # arms in time: drift and comparisons close in time
+        self._ctl: dict[str, int] = {}                      # arm key -> its controls/replicates asked, not ended
+        self._arm_first: dict[str, str] = {}                # arm key -> the run that answers for its arm
+        self._arm_final: dict[str, Decision] = {}           # that run's id -> the arm's final decision
+        self._hash_ids: dict[str, list[str]] = {}           # arm key -> screening runs of that code (incremental)
+        self._scan = 0
         self._tiers: dict[str, str] = {}
         self._workers_sig: tuple = ()
         self._workers_key: tuple[int, int] | None = None    # identity of the worker list the fleet shape is from
@@ -243,11 +236,17 @@ class ValidityKeepRule(KeepRule):
         self._refresh_fleet(view)
         hw = exp.hardware or "unknown"
         key = exp.content_hash or exp.id
+        if exp.role in ("baseline", "replicate", "control") and self._ctl.get(key, 0) > 0:
+            self._ctl[key] -= 1
         if exp.state is not State.DONE or exp.metric is None:
             if exp.role == "validate" and exp.parent in self._pending:
                 self._validation_ended(self._pending[exp.parent], None, view)
+            first = self._arm_first.get(key)
+            if exp.role in SCREEN_ROLES and first not in (None, exp.id) and first in self._pending:
+                if self._pending[first].pooled:
+                    self._validation_ended(self._pending[first], None, view, member=True)
             inc = view.incumbent()
-            if (self._waiting and exp.role in ("baseline", "replicate") and inc is not None
+            if (self._waiting and exp.role in ("baseline", "replicate", "control") and inc is not None
                     and key == (inc.content_hash or inc.id)):
                 self._retry_waiting(view, force=True)  # a replicate they wait for failed: decide with what is in
             status = "crash" if exp.state.is_failure else "discard"
@@ -255,7 +254,7 @@ class ValidityKeepRule(KeepRule):
         x = float(exp.metric)
         inc = view.incumbent()
         if exp.role in UNBIASED_ROLES:
-            self.meas.add(key + VAL if exp.role == "validate" else key, hw, x)
+            self._add(key + VAL if exp.role == "validate" else key, hw, x, exp)
             if self._waiting and inc is not None and key == (inc.content_hash or inc.id):
                 g = self.meas.groups.get(key, {})  # a validation run of the incumbent files under key + VAL
                 # comparable now, or the incumbent has its share on every class and still nothing: decide anyway
@@ -274,9 +273,23 @@ class ValidityKeepRule(KeepRule):
             if p is not None:
                 self._validation_ended(p, hw, view)
             return Decision("discard", f"validation run of {exp.parent}", self._with_sigma(nums, hw))
+        if exp.role in ("control", "confirm"):
+            return Decision("discard", f"{exp.role} run of {exp.parent or 'the incumbent'}", self._with_sigma(nums, hw))
         if inc is None:
             return Decision("discard", "finished before any baseline result: nothing to compare with", nums)
-        return self._screen_decision(exp, inc, hw, x, view)
+        pooled = self._arm(exp, key, hw, x, inc, view)
+        if pooled is not None:
+            return pooled
+        d = self._screen_decision(exp, inc, hw, x, view)
+        if d.status != "pending":
+            self._arm_final[exp.id] = d  # its arm's decision: later runs of this code are answered with it
+        return d
+
+    def _add(self, key: str, hw: str, x: float, exp: Experiment) -> None:
+        self.meas.add(key, hw, x)
+        t = run_time(exp)
+        if t is not None:
+            self.tl.add(key, hw, t, x)
 
     def _with_sigma(self, nums: dict[str, Any], hw: str) -> dict[str, Any]:
         s = self.sigma(hw)
@@ -291,9 +304,12 @@ class ValidityKeepRule(KeepRule):
         if ref is None:
             return Decision("discard", f"the incumbent {inc.id} has no result to compare with", {"metric": x})
         ref_stat, how = ref
-        d = self._gain(ref_stat.mean, x, goal)
+        ref_mean, shift = ref_stat.mean, self._drift_shift(inc, hw, exp, how)
+        if shift:
+            ref_mean, how = ref_mean + shift, how + ", drift-adjusted"
+        d = self._gain(ref_mean, x, goal)
         net_lines = exp.lines_added - exp.lines_removed
-        nums: dict[str, Any] = {"metric": x, "hardware": hw, "inc": inc.id, "inc_mean": ref_stat.mean,
+        nums: dict[str, Any] = {"metric": x, "hardware": hw, "inc": inc.id, "inc_mean": ref_mean,
                                 "inc_n": ref_stat.n, "compared": how, "gain": d,
                                 "lines_added": exp.lines_added, "lines_removed": exp.lines_removed}
         sigma = self.sigma(hw)
@@ -322,8 +338,9 @@ class ValidityKeepRule(KeepRule):
                  view: View) -> Decision:
         vclass = self.validate_class()
         self._pending[exp.id] = _Pending(exp.id, exp.content_hash or exp.id, exp.parent, self.replicates, simplify,
-                                         dict(nums))
+                                         dict(nums), run_h=(exp.runtime_s or 0.0) / 3600.0)
         self._queue_validation(exp.id, f"validate {exp.id}: {exp.description}"[:200])
+        self._queue_controls(inc, vclass, run_time(exp), self._pending[exp.id].run_h)
         nums.update(validate_on=vclass or "any", replicates=self.replicates)
         return Decision("pending", f"{why}; validating with {self.replicates} runs on {vclass or 'any worker'}", nums)
 
@@ -334,9 +351,10 @@ class ValidityKeepRule(KeepRule):
         self._out.append(Proposal(description=description, parent=cand, role="validate", replicates=self.replicates,
                                   tier=tier, strategy="validity"))
 
-    def _validation_ended(self, p: _Pending, hw: str | None, view: View) -> None:
+    def _validation_ended(self, p: _Pending, hw: str | None, view: View, member: bool = False) -> None:
         p.ended += 1
-        self._outstanding = max(0, self._outstanding - 1)
+        if not member:
+            self._outstanding = max(0, self._outstanding - 1)
         if hw is not None:
             p.hardware[hw] = p.hardware.get(hw, 0) + 1
         if p.ended >= p.want:
@@ -347,7 +365,7 @@ class ValidityKeepRule(KeepRule):
         """Reach the verdict, unless the incumbent has no comparable fresh run on the validation class yet (its
         replicates there are on their way): then wait for them rather than compare across classes blindly or with
         the incumbent's own validation runs (a lucky draw: they got it kept)."""
-        d = self._verdict(p, view)
+        d = self._verdict(p, view, force)
         how = d.numbers.get("compared") or ""
         if not force and (not how.startswith(("same class", "hardware-normalised")) or "validation runs" in how):
             self._waiting.append(p)
@@ -357,7 +375,14 @@ class ValidityKeepRule(KeepRule):
             return
         if d.status == "keep":
             d = self._one_keep_per_incumbent(p.cand, d)
+        elif d.status == "discard" and p.parent and not p.simplify:
+            d = self._against_parent(p, d, view)
+        self._arm_final[p.cand] = d
         self._verdicts.append((p.cand, d))
+        for m in p.members:  # the other runs of its code: one decision for the arm
+            status = "discard" if d.status == "keep" else d.status
+            self._verdicts.append((m, Decision(status, f"same code as {p.cand}, decided with its arm: {d.reason}",
+                                               {**d.numbers, "arm": p.cand})))
 
     def _alpha(self, p: _Pending) -> float:
         """The level a verdict is tested at: α split between the first round and the added ones (`spend`), so that
@@ -387,12 +412,9 @@ class ValidityKeepRule(KeepRule):
         p.want += self.replicates
         self._pending[p.cand] = p
         self._queue_validation(p.cand, f"validate {p.cand} (round {p.rounds + 1})")
-        vhw = d.numbers.get("validated_on")
         inc = view.incumbent()
         if inc is not None:
-            self._out.append(Proposal(description=f"replicate incumbent {inc.id} on {vhw}", parent=inc.id,
-                                      role="replicate", replicates=self.replicates,
-                                      hardware=vhw if self.mixed else None, strategy="validity"))
+            self._queue_controls(inc, d.numbers.get("validated_on"), None, p.run_h, want=self.replicates)
 
     def _one_keep_per_incumbent(self, cand: str, d: Decision) -> Decision:
         """Several candidates validated against the same incumbent in one batch (their verdicts wait for the same
@@ -421,7 +443,7 @@ class ValidityKeepRule(KeepRule):
         for p in waiting:
             self._try_verdict(p, view, force)
 
-    def _verdict(self, p: _Pending, view: View) -> Decision:
+    def _verdict(self, p: _Pending, view: View, force: bool = False) -> Decision:
         goal = view.goal
         if not p.hardware:
             return Decision("discard", "every validation run failed", p.screen)
@@ -446,17 +468,24 @@ class ValidityKeepRule(KeepRule):
             return Decision("discard", f"the incumbent {inc.id} has no result to validate against", nums)
         inc_stat, how = ref
         sigma = self.sigma(vhw)
-        t, pval, dof = welch_one_sided(cand, inc_stat, goal, self.meas.sigma(vhw), self.meas.df(vhw))
-        d = self._gain(inc_stat.mean, cand.mean, goal)
+        timed = self._close_in_time(p, inc, vhw, goal, force)
+        if timed == "wait":
+            return Decision("discard", "waiting for controls close in time", {**nums, "compared": "waiting"})
+        if timed is not None:
+            r, how = timed
+            cand = Stat(r["n"], r["mean"], r["m2"])
+            inc_stat = Stat(r["inc_n"], r["inc_mean"], r["inc_m2"])
+            t, pval, dof, d = r["t"], r["p"], r["dof"], r["gain"]
+            nums.update(trend_per_h=r["trend_per_h"], trend_shift=r["trend_shift"], dt_h=r["dt_h"])
+        else:
+            t, pval, dof = welch_one_sided(cand, inc_stat, goal, self.meas.sigma(vhw), self.meas.df(vhw))
+            d = self._gain(inc_stat.mean, cand.mean, goal)
         nums.update(mean=cand.mean, n=cand.n, sd=math.sqrt(cand.var) if cand.var is not None else None,
                     inc=inc.id, inc_mean=inc_stat.mean, inc_n=inc_stat.n,
                     inc_sd=math.sqrt(inc_stat.var) if inc_stat.var is not None else None, compared=how,
                     gain=d, t=t, p=pval, dof=dof, alpha=self._alpha(p), rounds=p.rounds + 1,
                     min_effect=self.min_effect, sigma=sigma)
-        d_ = self._decide(p, inc, cand, inc_stat, how, cand_exp, nums, d, t, pval, sigma, view)
-        if d_.status != "keep" and cand_exp is not None and p.parent and p.parent != inc.id:
-            self._note_parent_improvement(p, vhw, view)
-        return d_
+        return self._decide(p, inc, cand, inc_stat, how, cand_exp, nums, d, t, pval, sigma, view)
 
     def _decide(self, p, inc, cand, inc_stat, how, cand_exp, nums, d, t, pval, sigma, view) -> Decision:
         net = (cand_exp.lines_added - cand_exp.lines_removed) if cand_exp is not None else 0
@@ -484,68 +513,8 @@ class ValidityKeepRule(KeepRule):
 
     def _keep(self, p: _Pending, inc: Experiment, nums: dict[str, Any], why: str, view: View) -> Decision:
         if p.parent:
-            lst = self._improved.setdefault(p.parent, [])
-            if p.cand not in lst:
-                lst.append(p.cand)
-            self._propose_combinations(p.parent, p.cand, view, kept=True)
+            self._out.extend(self.comb.improves(p.parent, p.cand, view, kept=True))
         return Decision("keep", why, nums)
-
-    def _note_parent_improvement(self, p: _Pending, vhw: str, view: View) -> None:
-        """A candidate that did not beat the (newer) incumbent may still beat its own parent: remember it for merging."""
-        try:
-            parent = view.get(p.parent)
-        except Exception:
-            return
-        ref = self.reference(parent, vhw)
-        cand = self.meas.stat(p.key + VAL, vhw)
-        if ref is None or cand is None:
-            return
-        _, pval, _ = welch_one_sided(cand, ref[0], view.goal, self.meas.sigma(vhw), self.meas.df(vhw))
-        if pval < self.alpha and self._gain(ref[0].mean, cand.mean, view.goal) > self.min_effect:
-            lst = self._improved.setdefault(p.parent, [])
-            if p.cand not in lst:
-                lst.append(p.cand)
-            self._propose_combinations(p.parent, p.cand, view, kept=False)
-
-    def _propose_combinations(self, parent_id: str, new_id: str, view: View, kept: bool) -> None:
-        if not self.combine:
-            return
-        try:
-            parent = view.get(parent_id)
-            new = view.get(new_id)
-        except Exception:
-            return
-        for other_id in self._improved.get(parent_id, []):
-            pair = frozenset((other_id, new_id))
-            if other_id == new_id or pair in self._combined:
-                continue
-            try:
-                other = view.get(other_id)
-            except Exception:
-                continue
-            if other.edits or new.edits or not other.knobs or not new.knobs:
-                continue  # code edits: a 3-way merge is left to the strategy
-            # the one that will be (or is) the incumbent is the base; the other's change is laid on top
-            base, add = (new, other) if kept else (other, new)
-            change = {k: v for k, v in add.knobs.items() if parent.knobs.get(k) != v}
-            change = {k: v for k, v in change.items() if base.knobs.get(k) != v}
-            self._combined.add(pair)
-            merged = {**base.knobs, **change}
-            if not change or merged == add.knobs or self._ran(merged, view):
-                # alternatives on the same knobs (ASPECT_RATIO 96 "+" 112 is just 112 again), or a config already
-                # run: nothing new to screen (the first autoresearch screen spent 4 runs and their follow-ups so)
-                continue
-            self._out.append(Proposal(description=f"combine {base.id} + {add.id}", parent=base.id, knobs=change,
-                                      role="combine", strategy="validity",
-                                      meta={"combines": [base.id, add.id]}))
-
-    def _ran(self, knobs: dict[str, Any], view: View) -> bool:
-        """Whether a variant with exactly these knobs (and no code edits) was proposed already: one scan, only when a
-        combination is about to be proposed (rare)."""
-        if knobs not in self._merged:
-            self._merged.append(knobs)
-            return any(e.knobs == knobs and not e.edits for e in view.experiments())
-        return True
 
     # == follow-ups =================================================================================================
     def followups(self, view: View) -> list[Proposal]:
