@@ -53,7 +53,7 @@ def fast_mlp(mlp_project: Path) -> Path:
 
 
 def _summary(stdout: str) -> dict:
-    """The JSON summary `fleetlab run --json` prints after its progress lines."""
+    """The JSON summary `fleetlab run --json` prints after its progress lines (the session's facts)."""
     start = stdout.find("{\n") if stdout.startswith("{") else stdout.rfind("\n{\n") + 1
     return json.loads(stdout[start:])
 
@@ -89,7 +89,7 @@ def test_openai_run_valid_and_invalid_proposals_errors_and_slow_answers(fast_mlp
         assert r.returncode == 0, r.stderr + r.stdout
         reqs = srv.model_requests
     summary = _summary(r.stdout)
-    assert summary["experiments"] == 4 and summary["states"] == {"done": 4}, summary
+    assert summary["experiments"] == 4 and summary["counts"]["by_state"] == {"done": 4}, summary
     res = json.loads(fleetlab_cmd("results", "-C", str(fast_mlp), "--json", check=True).stdout)
     descs = {e["description"]: e for e in res}
     for d in ("LEARNING_RATE 0.01 -> 0.02", "MOMENTUM 0.9 -> 0.8", "HIDDEN 64 -> 96"):
@@ -121,7 +121,7 @@ def test_anthropic_run_with_server_error(fast_mlp: Path):
                          env={"ANTHROPIC_API_KEY": "sk-ant-test"}, timeout=240)
         assert r.returncode == 0, r.stderr + r.stdout
         reqs = srv.model_requests
-    assert _summary(r.stdout)["states"] == {"done": 3}
+    assert _summary(r.stdout)["counts"]["by_state"] == {"done": 3}
     assert reqs[0]["body"]["system"].startswith("You are an autonomous ML researcher")
     assert reqs[0]["body"]["model"] == "claude-test" and reqs[0]["body"]["max_tokens"] > 0
     res = json.loads(fleetlab_cmd("results", "-C", str(fast_mlp), "--json", check=True).stdout)
