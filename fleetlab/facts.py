@@ -420,13 +420,9 @@ def _confirmed(goal: str, finished: list[Experiment], baseline, incumbent) -> di
     """The gain from the end-of-session paired re-runs (role confirm) of the baseline's and the incumbent's code."""
     if baseline is None or incumbent is None or incumbent.get("is_baseline"):
         return None
-    conf = [e for e in finished if e.role == "confirm"]
-    b = arm_stats([e for e in conf if e.content_hash == baseline["content_hash"]])
-    i = arm_stats([e for e in conf if e.content_hash == incumbent["content_hash"]])
-    if b is None or i is None:
-        return None
-    return {**gain_between(goal, b, i), "baseline_n": b["n"], "incumbent_n": i["n"],
-            "baseline_mean": b["mean"], "incumbent_mean": i["mean"]}
+    from fleetlab.analysis.confirm import confirmed_gain
+
+    return confirmed_gain(finished, baseline, incumbent, goal)  # paired: a pair's difference cancels drift
 
 
 def _worker_warnings(sess: dict[str, Any]) -> list[str]:

@@ -27,13 +27,22 @@ def confirmation_proposals(baseline: Experiment, incumbent: Experiment, pairs: i
     return out
 
 
-def confirmed_gain(experiments: list[Experiment], baseline: Experiment, incumbent: Experiment, goal: str = "minimize",
+def _code(x: Experiment | dict[str, Any]) -> str:
+    """The arm key of an experiment, or of a facts arm ({id, content_hash, ...})."""
+    if isinstance(x, dict):
+        return x.get("content_hash") or x["id"]
+    return x.content_hash or x.id
+
+
+def confirmed_gain(experiments: list[Experiment], baseline: Experiment | dict[str, Any],
+                   incumbent: Experiment | dict[str, Any], goal: str = "minimize",
                    conf: float = 0.95) -> dict[str, Any] | None:
-    """{abs, pct, ci: [low, high], n_pairs, baseline_mean, incumbent_mean, p} — positive is better for either goal;
-    None without two complete pairs (or when baseline and incumbent are the same code)."""
+    """{abs, pct, ci: [low, high], n_pairs, baseline_n, incumbent_n, baseline_mean, incumbent_mean, p} — positive is
+    better for either goal; None without two complete pairs (or when baseline and incumbent are the same code).
+    `baseline` and `incumbent` are experiments or facts' arms."""
     from scipy import stats
 
-    kb, ki = baseline.content_hash or baseline.id, incumbent.content_hash or incumbent.id
+    kb, ki = _code(baseline), _code(incumbent)
     if kb == ki:
         return None
     runs = [e for e in experiments if e.role == Role.CONFIRM and e.state is State.DONE and e.metric is not None]
@@ -64,4 +73,4 @@ def confirmed_gain(experiments: list[Experiment], baseline: Experiment, incumben
     p = float(stats.t.sf(mean / (sd / math.sqrt(n)), n - 1)) if sd > 0 else (0.0 if mean > 0 else 1.0)
     bmean = sum(bs) / n
     return {"abs": mean, "pct": 100.0 * mean / abs(bmean) if bmean else None, "ci": [mean - half, mean + half],
-            "n_pairs": n, "baseline_mean": bmean, "incumbent_mean": sum(is_) / n, "p": p, "confidence": conf}
+            "n_pairs": n, "baseline_n": n, "incumbent_n": n, "baseline_mean": bmean, "incumbent_mean": sum(is_) / n, "p": p, "confidence": conf}
