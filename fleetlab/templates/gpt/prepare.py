@@ -748,7 +748,7 @@ def validation_rows(tokenizer, seq_len, eval_tokens, multiple=1, directory=None)
     directory = cache_dir() if directory is None else Path(directory)
     packer = Packer(*load_tokens(directory, tokenizer, "val"), seq_len + 1, wrap=False)
     wanted = max(1, eval_tokens // seq_len)
-    rows = np.empty((-(-wanted // multiple) * multiple, seq_len + 1), dtype=np.int64)
+    rows = np.empty((-(-wanted // multiple) * multiple, seq_len + 1), dtype=np.int32)
     n = min(wanted, packer.pack(rows))
     if n == 0:
         sys.exit(f"Data: the validation split holds less than one row of {seq_len + 1} tokens.")
@@ -789,7 +789,7 @@ def _evaluate_bpb(model, tokenizer, batch_size):
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, n, batch_size):
         batch = rows[start:start + batch_size].to(device)
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        x, y = batch[:, :-1].long().contiguous(), batch[:, 1:].long().contiguous()
         loss = model(x, y, reduction="none").detach().view(batch_size, -1).float()
         nbytes = token_bytes[y]
         counted = (torch.arange(batch_size, device=device) < n - start)[:, None]  # rows past n fill the batch only
@@ -849,14 +849,11 @@ if __name__ == "__main__":
             if before and json.loads(manifest.read_text())["corpus_sha256"] != before.get("corpus_sha256"):
                 (directory / "tokenizer.pkl").unlink(missing_ok=True)  # the text changed: retrain
         train_tokenizer(directory, args.vocab_size)
-        # tokenise once for every run: the full vocabulary (GPU) and, where there is no CUDA, the CPU scale's
-        vocabs = [None]
-        if args.vocab_size != "byte" and not has_cuda():
-            vocabs.append(SMALL_VOCAB_SIZE)
-        for vocab in vocabs:
-            tok = Tokenizer.from_directory(directory, vocab_size=vocab)
-            for split in ("train", "val"):
-                load_tokens(directory, tok, split)
+        # tokenise once for every run, in the vocabulary train.py takes on this machine (another is tokenised when a
+        # run first asks for it)
+        tok = Tokenizer.from_directory(directory, vocab_size=None if has_cuda() else SMALL_VOCAB_SIZE)
+        for split in ("train", "val"):
+            load_tokens(directory, tok, split)
     if not os.environ.get("FLEETLAB_CACHE"):
         CACHE_ROOT.mkdir(parents=True, exist_ok=True)
         (CACHE_ROOT / "last_prepared").write_text(str(directory) + "\n")

@@ -49,6 +49,8 @@ except ImportError:
     create_block_mask = flex_attention = None
 attention = os.environ.get("FLEETLAB_ATTENTION") or (
     "fa3" if HAS_FA3 else "flex" if flex_attention is not None and torch.cuda.is_available() else "sdpa")
+if {"fa3": not HAS_FA3, "flex": flex_attention is None, "sdpa": False}.get(attention, True):
+    sys.exit(f"FLEETLAB_ATTENTION={attention} is not available here; valid choices are fa3 (if installed), flex, sdpa.")
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -124,8 +126,9 @@ class CausalSelfAttention(nn.Module):
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             if mask is None:  # full causal context: SDPA's flash kernel
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif attention == "flex":
-                y = flex_attention(q, k, v, block_mask=mask)
+            elif attention == "flex":  # not an autocast op: give it one dtype (bf16, as autocast gives SDPA)
+                bf16 = torch.bfloat16
+                y = flex_attention(q.to(bf16), k.to(bf16), v.to(bf16), block_mask=mask)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             y = y.transpose(1, 2)
