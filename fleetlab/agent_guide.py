@@ -1,10 +1,11 @@
 """`fleetlab agent-guide`: AGENTS.md for Claude Code, Codex or any shell-using coding agent.
 
 The original system *was* such an agent driving the fleet by hand. With fleetlab the agent keeps the research —
-reading results, designing variants, keeping notes — and fleetlab does the fleet work: `fleetlab run --strategy none`
-serves submissions, runs each in its own snapshot, collects results and decides keep/discard. The guide is written
-for the project at hand (its metric, files and a real first edit), and every command in its ```bash blocks runs as
-written, in order, from the project directory (tests/test_agent_guide.py does exactly that).
+reading results, designing variants, keeping notes — and fleetlab does the fleet work: `fleetlab run --strategy none
+--backfill auto --detach` serves submissions (and fills idle workers), runs each in its own snapshot, collects results
+and decides keep/discard. The guide is written for the project at hand (its metric, files and two real edits), and
+every command in its ```bash blocks runs as written, in order, from the project directory, from starting the session
+to `fleetlab stop` (tests/test_agent_guide.py does exactly that).
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ and warns when a variant removes lines its parent added (it would undo a kept ch
 code already submitted (it joins that code's arm instead of running as a new candidate).
 
 ## 4. Wait, then read
-`wait --any` returns when any queued or running experiment finishes; `wait --idle` as soon as a worker is idle
-(`--below N`: or fewer than N experiments are queued), which is when to submit more.
+`wait --any` returns when any queued or running experiment finishes; `wait --idle` as soon as a worker is free for
+your next submission (idle, or running backfill while nothing is queued: your submission takes the next worker it
+frees; `--below N`: or fewer than N experiments are queued), which is when to submit more.
 ```bash
 fleetlab wait --any
 fleetlab wait --idle --below 2

@@ -177,9 +177,12 @@ def same_code(store, content_hash: str) -> list[Experiment]:
 # -- waiting for an idle worker -------------------------------------------------------------------------------------
 def wait_idle(opened, below: int | None = None, timeout: float | None = None, poll: float = 0.5,
               on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Block until a worker of the serving session is idle, or (with `below`) the queue holds fewer than `below`
-    experiments. Returns the facts it saw (idle_workers, queue_depth, utilization)."""
+    """Block until a worker of the serving session is free for the agent's next submission, or (with `below`) the
+    queue holds fewer than `below` experiments. A worker running backfill counts as free while nothing is queued:
+    backfill only fills idle time, and a submission takes the next worker it frees. Returns what it saw
+    (idle_workers, backfill_workers, queue_depth, utilization)."""
     from fleetlab import facts as _facts
+    from fleetlab.experiment import State
 
     if below is not None and below < 1:
         raise ConfigError("--below must be at least 1", key="below")
@@ -189,8 +192,11 @@ def wait_idle(opened, below: int | None = None, timeout: float | None = None, po
         if not f.serving:
             raise FleetlabError("no `fleetlab run` is serving this project, so no worker will free up; start one "
                                 "with `fleetlab run --strategy none --detach`")
-        if f.idle_workers > 0 or (below is not None and f.queue_depth < below):
-            return {"idle_workers": f.idle_workers, "queue_depth": f.queue_depth, "utilization": f.utilization}
+        filling = sum(1 for e in opened.store.experiments(tag=f.tag, states=[State.RUNNING]) if e.meta.get("backfill"))
+        free = f.idle_workers + (filling if f.queue_depth == 0 else 0)
+        if free > 0 or (below is not None and f.queue_depth < below):
+            return {"idle_workers": f.idle_workers, "backfill_workers": filling, "queue_depth": f.queue_depth,
+                    "utilization": f.utilization}
         if timeout is not None and time.time() - start > timeout:
             raise FleetlabError(f"gave up waiting after {timeout:g} s; every worker is busy and "
                                 f"{f.queue_depth} experiment(s) are queued")
@@ -199,5 +205,5 @@ def wait_idle(opened, below: int | None = None, timeout: float | None = None, po
         time.sleep(poll)
 
 
-__all__ = ["resolve_id", "checkout", "origin_of", "diff_against", "undone_changes", "check_variant_dir", "same_code", "wait_idle",
-           "incumbent_id", "baseline_of", "ORIGIN"]
+__all__ = ["resolve_id", "checkout", "origin_of", "diff_against", "undone_changes", "check_variant_dir", "same_code",
+           "wait_idle", "incumbent_id", "baseline_of", "ORIGIN"]

@@ -182,8 +182,8 @@ def cmd_wait(a) -> int:
             from fleetlab.agents import wait_idle
 
             seen = wait_idle(opened, below=a.below, timeout=a.timeout)
-            _print_json(seen) if a.json else print(f"idle workers {seen['idle_workers']}, queue depth "
-                                                    f"{seen['queue_depth']}")
+            _print_json(seen) if a.json else print(f"idle workers {seen['idle_workers']}, backfilling "
+                                                    f"{seen['backfill_workers']}, queue depth {seen['queue_depth']}")
             return 0
         done = wait(opened.store, a.ids or None, any_=a.any, timeout=a.timeout)
         decisions = opened.store.decisions()

@@ -37,13 +37,12 @@ def serving_pid(project) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Running: alive and not an ended child nobody reaped yet (a zombie)."""
+    from fleetlab.fleet.local import _pid_alive
+
+    if not _pid_alive(pid):
         return False
-    except PermissionError:
-        return True
-    try:  # an ended child that nobody reaped yet is not running
+    try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True

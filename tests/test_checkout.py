@@ -167,6 +167,8 @@ def test_backfill_fills_idle_workers_and_submissions_go_first(project: Path, tmp
         deadline = time.time() + 60
         while time.time() < deadline and not any(e["backfill"] for e in results(project).values()):
             time.sleep(0.5)
+        seen = json.loads(fl(project, "wait", "--idle", "--json").stdout)  # a worker running backfill is free
+        assert seen["idle_workers"] + seen["backfill_workers"] >= 1
         v = tmp_path / "v"
         fl(project, "checkout", str(v))
         edit(v, "Y = 1.0", "Y = 1.5")
