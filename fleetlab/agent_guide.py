@@ -173,11 +173,16 @@ Then go back to 2.
 - **Validation.** A pending variant gets validation runs (role `validate`; they use workers like any run) and fresh
   runs of the incumbent; it is kept only if the validation runs beat the incumbent's in a one-sided test. Most
   single lucky runs end here as `discard` with the reason "screening false positive".
-- **Arms and parents.** Runs of identical code (same content hash: replicates, duplicate submissions of any agent,
-  re-runs of the incumbent) are one arm, judged together. Each variant records its parent (the checkout's origin);
-  `fleetlab show ID` says what it was compared with.
+- **Arms.** Runs of identical code (same content hash: replicates, duplicate submissions of any agent, re-runs of the
+  incumbent) are one arm, answered with one decision: `--replicates 3` is one pooled decision, not three.
+- **Like with like.** Validation runs are compared with re-runs of the incumbent made close in time (controls), so a
+  machine whose load or speed drifts during the session does not decide; `fleetlab analyze` reports drift it sees.
+- **Parents.** Each variant records its parent (the checkout's origin). A variant that beats its parent but not an
+  incumbent that moved while it was queued is recorded as an improvement of its parent, and its change is offered on
+  top of the incumbent instead of being lost. `fleetlab show ID` says what it was compared with.
 - **Pruning** is on: a run whose progress shows it cannot beat the incumbent is stopped early (state `pruned`, the
-  bound in `reason`). `fleetlab submit --no-prune` runs one submission to the end (a change that starts slow).
+  bound in `reason`); runs of the incumbent's or baseline's code, controls, replicates and validation runs never are.
+  `fleetlab submit --no-prune` runs one submission to the end (a change that starts slow).
 - `keep` means the variant became the incumbent; the next `fleetlab checkout` starts from it.
 
 ## Reading the results

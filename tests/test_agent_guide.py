@@ -19,7 +19,8 @@ def test_guide_is_written_for_the_project(mlp_project: Path):
                 "fleetlab results --json", "fleetlab analyze", "fleetlab notes add", "--backfill auto", "--detach",
                 "fleetlab stop", "--no-prune", "show incumbent --diff --against baseline"):
         assert cmd in text, cmd
-    for idea in ("Screen", "Validation", "Arms and parents", "Pruning", "as it is when the variant finishes"):
+    for idea in ("Screen", "Validation", "Arms", "Like with like", "Parents", "Pruning",
+                 "as it is when the variant finishes"):
         assert idea in text, idea
     out = mlp_project.parent / "guide"
     out.mkdir()
