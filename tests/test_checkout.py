@@ -209,3 +209,29 @@ def test_a_backgrounded_run_stops_on_sigint(project: Path, tmp_path: Path):
     assert not serving(project)
     st = json.loads(fl(project, "status", "--json").stdout)
     assert st["session_status"] == "interrupted"
+
+
+def test_backfill_proposes_only_for_workers_nothing_queued_will_take(mlp_project: Path):
+    from fleetlab.api import knob_space
+    from fleetlab.experiment import Experiment, State
+    from fleetlab.project import Project
+    from fleetlab.strategies import make_strategy
+    from fleetlab.strategies._base import Context
+    from fleetlab.strategies.backfill import Backfill
+
+    space = knob_space(Project.load(mlp_project))
+    strategy = make_strategy("none", backfill="random", seed=1)
+    assert isinstance(strategy, Backfill) and strategy.name == "backfill:random" and strategy.lookahead_hint == 0
+
+    def ctx(free: int, queued: int, other_tag: int = 0) -> Context:
+        exps = [Experiment(id=f"exp-{i:04d}", tag="s" if i < queued else "old", description="x", state=State.QUEUED)
+                for i in range(queued + other_tag)]
+        return Context(goal="minimize", metric="val_loss", incumbent=None, baseline_knobs={k: kn.value for k, kn in space.knobs.items()},
+                       space=space, experiments=exps, free_workers=free, tag="s")
+
+    assert strategy.propose(ctx(free=2, queued=2), 4) == []   # the queue takes both free workers
+    assert strategy.propose(ctx(free=1, queued=3), 4) == []
+    props = strategy.propose(ctx(free=3, queued=1, other_tag=5), 4)  # another session's queue is not this one's
+    assert len(props) == 2 and all(p.meta["backfill"] == "random" for p in props)
+    assert len(strategy.propose(ctx(free=2, queued=0), 1)) == 1  # never more than the loop asked for
+    assert make_strategy("auto", backfill="none").name == "auto"

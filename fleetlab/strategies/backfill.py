@@ -17,8 +17,9 @@ from fleetlab.strategies._base import Context, Strategy
 
 
 def idle_after_queue(context: Context) -> int:
-    """Workers that nothing queued will occupy: free workers minus the experiments waiting for one."""
-    queued = sum(1 for e in context.experiments if e.state is State.QUEUED)
+    """Workers that nothing queued will occupy: free workers minus this session's experiments waiting for one."""
+    queued = sum(1 for e in context.experiments
+                 if e.state is State.QUEUED and (not context.tag or e.tag == context.tag))
     return max(0, context.free_workers - queued)
 
 
