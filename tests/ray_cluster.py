@@ -10,6 +10,7 @@ import atexit
 import os
 import socket
 import time
+from pathlib import Path
 
 _CLUSTER = None
 
@@ -55,3 +56,80 @@ def ray_cluster():
                 time.sleep(0.5)
         _CLUSTER = (cluster, address)
     return _CLUSTER
+
+
+class RayHead:
+    """A Ray head started the way users start one, by `ray start --head` in another process, with Ray's token
+    authentication on (RAY_AUTH_MODE=token, the token generated into $HOME/.ray/auth_token, HOME being `home` here).
+    `--block` keeps that process in the foreground; it is stopped by its own process group, never a bare `ray stop`."""
+
+    def __init__(self, home: Path):
+        import subprocess
+        import sys
+        import tempfile
+
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.dashboard_port = _free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        env.update({"HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        ray = str(Path(sys.executable).parent / "ray")
+        # as Ray's message tells a user to: generate the token (into $HOME/.ray/auth_token), then start
+        subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+        self.log = open(home / "ray-start.log", "wb")
+        self.proc = subprocess.Popen(
+            [ray, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=1",
+             "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.temp_dir}",
+             f"--object-store-memory={80 * 2**20}", "--disable-usage-stats"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / ".ray" / "auth_token"
+
+    def wait(self, timeout_s: float = 90.0) -> str:
+        """Until the dashboard answers with the token and lists the head node (a few seconds later); the token."""
+        from ray.util.state.api import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}: "
+                                   f"{(self.home / 'ray-start.log').read_text()[-2000:]}")
+            try:
+                token = self.token_file.read_text().strip()
+                client = StateApiClient(self.address, headers={"Content-Type": "application/json",
+                                                               "Authorization": f"Bearer {token}"})
+                if not client.list(StateResource.NODES, options=ListApiOptions(), raise_on_missing_output=False):
+                    raise RuntimeError("no node yet")
+                return token
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+
+        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait_s)
+                break
+            except Exception:  # noqa: BLE001 - TimeoutExpired: escalate
+                continue
+        try:  # what `ray start` left in its group after it ended
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -132,3 +132,44 @@ def test_dry_run_writes_the_exact_job_specs(cluster, mlp_project):
     assert job["entrypoint_num_cpus"] == 1 and "ray.io/node-id" in job["entrypoint_label_selector"]
     assert Path(job["runtime_env"]["working_dir"]).name.startswith("dry-")
     assert not list(mlp_project.glob(".fleetlab/runs/*"))  # nothing was launched
+
+
+def test_a_cluster_started_by_ray_start_with_token_auth(tmp_path, monkeypatch):
+    """Ray 2.60 turns token authentication on for the clusters users start. Against `ray start --head` in another
+    process: no token anywhere is one sentence naming where it was looked for; the token file (a setting), or
+    RAY_AUTH_TOKEN, lets the fleet list the node and run an experiment; a wrong token is one sentence too."""
+    from ray_cluster import RayHead
+
+    from fleetlab.errors import ExecutorError
+    from fleetlab.fleet._base import RunSpec
+
+    head = RayHead(tmp_path / "head-home")
+    try:
+        token = head.wait()
+        for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "user-home"))  # no ~/.ray/auth_token for this user
+        with pytest.raises(ExecutorError) as err:
+            RayExecutor(f"ray:{head.address}")
+        msg = str(err.value)
+        assert "requires an authentication token and none was found" in msg and "RAY_AUTH_TOKEN" in msg, msg
+        assert "\n" not in msg
+        ex = RayExecutor(f"ray:{head.address}", settings={"ray": {"token_file": str(head.token_file)}})
+        assert [w.hardware for w in ex.workers()] == ["cpu"]
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+        ex = RayExecutor(f"ray:{head.address}", poll_interval_s=0.1)
+        workdir = tmp_path / "exp-0001"
+        workdir.mkdir()
+        h = ex.submit(RunSpec("exp-0001", workdir, "echo 'val_bpb: 1.5'", {}, 60), ex.workers()[0])
+        deadline, done, lines = time.monotonic() + 60, None, []
+        while done is None and time.monotonic() < deadline:
+            for u in ex.poll([h]):
+                lines.extend(u.lines)
+                done = u if u.finished else None
+            time.sleep(0.1)
+        assert done is not None and done.exit_code == 0 and lines == ["val_bpb: 1.5"], (done, lines)
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+        with pytest.raises(ExecutorError, match="refused the authentication token"):
+            RayExecutor(f"ray:{head.address}")
+    finally:
+        head.stop()

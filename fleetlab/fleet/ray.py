@@ -10,8 +10,16 @@ setup runs once per node in `prepare`; a node whose setup fails is taken out of 
 timeout is enforced here (stop_job once a run has been RUNNING for timeout_s). A job that fails because its node
 died (Ray reports JOB_SUPERVISOR_ACTOR_DIED) is an infrastructure failure: the scheduler re-queues it.
 
+Runs and setup run in the project's sandbox (`[sandbox]`, fleetlab.fleet.sandbox) on every node where bwrap works.
+The setup's `fleetlab: data=...` line is its node's data fingerprint.
+
+A cluster with Ray's token authentication (on by default since Ray 2.52 for clusters that `ray start` or `ray.init`
+made) is reached with its token: `[fleet.ray] token` or `token_file`, else $RAY_AUTH_TOKEN, else the file
+$RAY_AUTH_TOKEN_PATH names, else the file Ray writes, ~/.ray/auth_token (`ray get-auth-token` prints it on the head).
+
 `[fleet.ray]` in fleetlab.toml (all optional):
     address = "http://HOST:8265"   used when --fleet is plain `ray`
+    token = "..."                   the cluster's authentication token (or token_file = "path/to/it")
     cpus_per_run = 1                CPUs a CPU run holds (and the size of a CPU slot)
     gpus_per_run = 1                GPUs a GPU run holds
     max_slots_per_node = 0          cap on workers per node (0: no cap)
@@ -41,7 +49,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 INFRA_ERRORS = ("JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
                 "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE")
 SETTINGS = {"address": str, "cpus_per_run": (int, float), "gpus_per_run": (int, float), "max_slots_per_node": int,
-            "setup_timeout_s": (int, float), "env": dict}
+            "setup_timeout_s": (int, float), "env": dict, "token": str, "token_file": str}
 EXCLUDES = [".git", ".fleetlab", "__pycache__", ".venv", "venv", f"{LOG_FILE}*"]
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 NODE_LABEL = "ray.io/node-id"
@@ -65,6 +73,28 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def auth_token(cfg: dict[str, Any], env: dict[str, str] | None = None) -> tuple[str | None, list[str]]:
+    """(the cluster's authentication token or None, the places looked at): fleet.ray.token, fleet.ray.token_file,
+    then Ray's own order: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token."""
+    env = os.environ if env is None else env
+    if cfg.get("token_file"):
+        try:
+            return Path(cfg["token_file"]).expanduser().read_text().strip() or None, ["fleet.ray.token_file"]
+        except OSError as e:
+            raise ConfigError(f"fleet.ray.token_file {cfg['token_file']!r} cannot be read ({e.strerror})",
+                              key="fleet.ray.token_file") from None
+    home = Path(env.get("HOME") or Path.home())
+    sources = [("fleet.ray.token", cfg.get("token")), ("$RAY_AUTH_TOKEN", env.get("RAY_AUTH_TOKEN"))]
+    for name, path in (("$RAY_AUTH_TOKEN_PATH", env.get("RAY_AUTH_TOKEN_PATH")),
+                       ("~/.ray/auth_token", str(home / ".ray" / "auth_token"))):
+        try:
+            sources.append((name, Path(path).expanduser().read_text() if path else None))
+        except OSError:
+            sources.append((name, None))
+    token = next((value.strip() for _, value in sources if value and value.strip()), None)
+    return token, [name for name, _ in sources]
+
+
 def node_hardware(resources: dict[str, float]) -> str:
     """A node's hardware class: its `accelerator_type:<NAME>` resource, else "gpu" with GPUs, else "cpu"."""
     for key in resources:
@@ -74,7 +104,7 @@ def node_hardware(resources: dict[str, float]) -> str:
 
 
 class _Node:
-    __slots__ = ("id", "hardware", "gpus", "cpus", "alive", "setup_error")
+    __slots__ = ("id", "hardware", "gpus", "cpus", "alive", "setup_error", "fingerprint")
 
     def __init__(self, node_id: str, resources: dict[str, float]):
         self.id = node_id
@@ -83,6 +113,7 @@ class _Node:
         self.cpus = resources.get("CPU", 0.0)
         self.alive = True
         self.setup_error: str | None = None
+        self.fingerprint: str | None = None  # the data fingerprint its setup printed
 
 
 class _Job:
@@ -121,6 +152,12 @@ class RayExecutor(Executor):
         self.setup_timeout_s = float(cfg.get("setup_timeout_s", 3600))
         self.extra_env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
         self.poll_interval_s = poll_interval_s
+        from fleetlab.fleet.sandbox import Sandbox
+
+        self.sandbox = Sandbox.from_settings(project.section("sandbox") if project is not None else None, here=False)
+        self._token, self._looked = auth_token(cfg)
+        self._headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        self._state: Any = None  # the State API client, made with the first listing of the nodes
         self._client = client if client is not None else self._connect()
         self._jobs: dict[str, _Job] = {}  # submission id -> state
         self._nodes: dict[str, _Node] = {}
@@ -136,20 +173,38 @@ class RayExecutor(Executor):
         from ray.job_submission import JobSubmissionClient
 
         try:
-            return JobSubmissionClient(self.address)
+            return JobSubmissionClient(self.address, headers=dict(self._headers) or None)
         except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
-            raise ExecutorError(f"cannot reach the Ray cluster at {self.address}: {e}") from e
+            raise ExecutorError(self._why(e)) from e
+
+    def _why(self, e: Exception) -> str:
+        """One sentence for a failure to talk to the cluster, naming what is missing when it is the token."""
+        text = str(e)
+        if "uthentication" not in text and "401" not in text and "403" not in text:
+            first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+            return f"cannot reach the Ray cluster at {self.address}: {first}"
+        if self._token is None:
+            return (f"the Ray cluster at {self.address} requires an authentication token and none was found (looked "
+                    f"at {', '.join(self._looked)}): set RAY_AUTH_TOKEN or [fleet.ray] token to the cluster's token "
+                    f"(`ray get-auth-token` on its head prints it)")
+        return (f"the Ray cluster at {self.address} refused the authentication token fleetlab sent: set "
+                f"RAY_AUTH_TOKEN or [fleet.ray] token to the cluster's own (`ray get-auth-token` on its head)")
 
     def _refresh_nodes(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._nodes_at < NODES_INTERVAL_S:
             return
-        from ray.util.state import list_nodes
+        from ray.util.state.api import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
 
         try:
-            nodes = list_nodes(address=self.address, detail=True, raise_on_missing_output=False)
+            if self._state is None:
+                self._state = StateApiClient(self.address, headers={"Content-Type": "application/json",
+                                                                    **self._headers})
+            nodes = self._state.list(StateResource.NODES, options=ListApiOptions(detail=True),
+                                     raise_on_missing_output=False)
         except Exception as e:  # noqa: BLE001
             if force:
-                raise ExecutorError(f"cannot list the nodes of the Ray cluster at {self.address}: {e}") from e
+                raise ExecutorError(self._why(e).replace("cannot reach", "cannot list the nodes of")) from e
             return  # a passing hiccup while runs are in flight: keep what we knew
         self._nodes_at = time.monotonic()
         seen = set()
@@ -187,7 +242,7 @@ class RayExecutor(Executor):
         node = self._nodes.get(node_id)
         env = {var: str(max(1, int(self.cpus_per_run))) for var in THREAD_VARS}
         env.update({"PYTHONUNBUFFERED": "1", **self.extra_env, **spec.env})
-        return {"submission_id": submission_id, "entrypoint": spec.command,
+        return {"submission_id": submission_id, "entrypoint": self.sandbox.node_script(spec.command),
                 "runtime_env": {"working_dir": str(Path(spec.workdir).resolve()), "excludes": EXCLUDES,
                                 "env_vars": env},
                 **(self._resources(node) if node else {"entrypoint_num_cpus": self.cpus_per_run}),
@@ -199,6 +254,10 @@ class RayExecutor(Executor):
     def workers(self) -> list[Worker]:
         return self._workers()
 
+    def data_fingerprint(self, worker_id: str) -> str | None:
+        node = self._node_of(worker_id)
+        return node.fingerprint if node is not None else None
+
     def prepare(self, project_root: Path, setup: str | None) -> None:
         """Run the setup once on every node, all nodes at once; a node whose setup fails leaves the fleet."""
         if not setup:
@@ -208,7 +267,8 @@ class RayExecutor(Executor):
             if not node.alive or node.setup_error is not None or not self._slots(node):
                 continue
             sid = f"fleetlab-setup-{node.id[:8]}-{uuid.uuid4().hex[:6]}"
-            self._client.submit_job(submission_id=sid, entrypoint=setup, **self._resources(node),
+            self._client.submit_job(submission_id=sid, entrypoint=self.sandbox.node_script(setup, setup=True),
+                                    **self._resources(node),
                                     runtime_env={"working_dir": str(Path(project_root).resolve()),
                                                  "excludes": EXCLUDES, "env_vars": dict(self.extra_env)},
                                     entrypoint_label_selector={NODE_LABEL: node.id})
@@ -221,6 +281,11 @@ class RayExecutor(Executor):
                 if status not in TERMINAL and time.monotonic() < deadline:
                     continue
                 del started[sid]
+                if status == "SUCCEEDED":
+                    from fleetlab.collect import DATA_LINE
+
+                    found = DATA_LINE.findall(self._client.get_job_logs(sid))
+                    node.fingerprint = found[-1] if found else None
                 if status != "SUCCEEDED":
                     if status not in TERMINAL:
                         self._client.stop_job(sid)

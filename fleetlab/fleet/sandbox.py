@@ -89,7 +89,7 @@ class Sandbox:
     """How commands are wrapped on this machine. `active` is False when they run unsandboxed (`notice` says why)."""
 
     def __init__(self, mode: str = "auto", network: bool = True, project_root: Path | None = None,
-                 bwrap: str | None = None):
+                 bwrap: str | None = None, here: bool = True):
         if mode not in MODES:
             raise ConfigError(f"sandbox.mode must be one of {', '.join(MODES)}, not {mode!r}", key="sandbox.mode")
         if not isinstance(network, bool):
@@ -98,7 +98,7 @@ class Sandbox:
         self.bwrap = bwrap or shutil.which("bwrap")
         self.notice: str | None = None
         self.active = False
-        if mode != "none":
+        if mode != "none" and here:  # for remote nodes (`here=False`) the node itself decides, in node_script
             why = probe(self.bwrap)
             if why is None:
                 self.active = True
@@ -111,13 +111,15 @@ class Sandbox:
         self._hidden: dict[Path, list[Path]] = {}  # project root -> what its commands never see
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any] | None, project_root: Path | None = None) -> "Sandbox":
+    def from_settings(cls, settings: dict[str, Any] | None, project_root: Path | None = None,
+                      here: bool = True) -> "Sandbox":
+        """From the `[sandbox]` table; `here=False` for the nodes of a remote fleet (nothing is probed here)."""
         settings = dict(settings or {})
         unknown = sorted(set(settings) - {"mode", "network"})
         if unknown:
             raise ConfigError(f"unknown key sandbox.{unknown[0]}; known keys of [sandbox] are: mode, network",
                               key=f"sandbox.{unknown[0]}")
-        return cls(settings.get("mode", "auto"), settings.get("network", True), project_root)
+        return cls(settings.get("mode", "auto"), settings.get("network", True), project_root, here=here)
 
     # -- local commands ------------------------------------------------------------------------------------------------
 
@@ -181,20 +183,28 @@ class Sandbox:
 
     # -- remote nodes --------------------------------------------------------------------------------------------------
 
-    def node_script(self, command: str) -> str:
-        """A shell command that runs `command` on a remote node in the same sandbox, its current directory (the
-        run's own copy) writable, when bwrap works there; plainly where it does not."""
+    def node_script(self, command: str, setup: bool = False) -> str:
+        """A shell command that runs `command` on a remote node in the same sandbox when bwrap works there (plainly
+        where it does not, unless mode is "bwrap"). A run may write its current directory (its own copy); a setup
+        command sees it read-only and may write the node's data cache."""
         if self.mode == "none":
             return command
+        steps = ['set -- --ro-bind / / --dev /dev --tmpfs /dev/shm',
+                 'for d in /dev/nvidia* /dev/nvidia-caps /dev/dri; do [ -e "$d" ] && set -- "$@" --dev-bind "$d" "$d"; '
+                 'done',
+                 'set -- "$@" --proc /proc --tmpfs /tmp']
+        if setup:
+            steps += ['set -- "$@" --ro-bind "$PWD" "$PWD"',
+                      'c="${XDG_CACHE_HOME:-$HOME/.cache}"; mkdir -p "$c"; set -- "$@" --bind "$c" "$c"',
+                      'if [ -n "${FLEETLAB_CACHE:-}" ]; then mkdir -p "$FLEETLAB_CACHE"; '
+                      'set -- "$@" --bind "$FLEETLAB_CACHE" "$FLEETLAB_CACHE"; fi']
+        else:
+            steps.append('set -- "$@" --bind "$PWD" "$PWD"')
         net = " --unshare-net" if not self.network else ""
-        gpus = "for d in /dev/nvidia* /dev/nvidia-caps /dev/dri; do [ -e \"$d\" ] && set -- \"$@\" --dev-bind \"$d\" " \
-               "\"$d\"; done; "
-        sandbox = (f"set -- --ro-bind / / --dev /dev --tmpfs /dev/shm; {gpus}"
-                   f"exec bwrap \"$@\" --proc /proc --tmpfs /tmp --bind \"$PWD\" \"$PWD\" "
-                   f"{' '.join(ISOLATION)}{net} --chdir \"$PWD\" /bin/sh -c {shlex.quote(command)}")
+        steps.append(f'exec bwrap "$@" {" ".join(ISOLATION)}{net} --chdir "$PWD" /bin/sh -c {shlex.quote(command)}')
         check = ("command -v bwrap >/dev/null 2>&1 && bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp "
                  f"{' '.join(ISOLATION)} /bin/true >/dev/null 2>&1")
         plain = f"exec /bin/sh -c {shlex.quote(command)}"
         if self.mode == "bwrap":
             plain = "echo 'fleetlab: sandbox.mode is \"bwrap\" but bwrap cannot run on this node' >&2; exit 126"
-        return f"if {check}; then {sandbox}; else {plain}; fi"
+        return f"if {check}; then {'; '.join(steps)}; else {plain}; fi"

@@ -13,7 +13,8 @@ The pattern of the original system, made safe:
 - the timeout is enforced on the cluster (`timeout` around the command), so it counts from the run's start;
 - a cluster found gone or stopped (preempted) has its runs re-queued as infrastructure failures and is relaunched by
   the next run sent to it; a cluster whose setup fails leaves the fleet (SetupFailed);
-- clusters are torn down on close unless `keep_clusters` (`--keep-clusters`).
+- clusters are torn down on close unless `keep_clusters` (`--keep-clusters`);
+- the project's setup and every run use the project's sandbox (`[sandbox]`) on a node where bwrap works.
 
 `[fleet.sky]` in fleetlab.toml (all optional):
     accelerators = ["H100:1", "H200:1"]   any of these (a string for one); none: CPU clusters
@@ -46,6 +47,7 @@ from typing import Any
 from fleetlab.errors import ConfigError, ExecutorError, SetupFailed
 from fleetlab.fleet._base import Executor, Handle, RunSpec, Update, Worker
 from fleetlab.fleet._logtail import LogTail
+from fleetlab.fleet.sandbox import Sandbox
 
 RUNS = "fleetlab-runs"  # the folder of per-experiment directories inside ~/sky_workdir
 SETUP_DIR = "fleetlab-setup"
@@ -106,11 +108,13 @@ def parse_fleet(spec: str, prefix: str = "gpu") -> list[str]:
     return names
 
 
-def run_script(command: str, experiment_id: str, timeout_s: float) -> str:
-    """The task's `run`: cd into the experiment's own directory, run the command under a timeout, report its exit."""
+def run_script(command: str, experiment_id: str, timeout_s: float, sandbox: Sandbox | None = None) -> str:
+    """The task's `run`: cd into the experiment's own directory, run the command under a timeout (in the project's
+    sandbox where bwrap works on the node), report its exit."""
     limit = f"timeout --kill-after=10 {timeout_s:g} " if timeout_s and timeout_s > 0 else ""
+    inner = sandbox.node_script(command) if sandbox is not None else command
     return (f"cd {RUNS}/{shlex.quote(experiment_id)} || exit 97\n"
-            f"{limit}bash -c {shlex.quote(command)}\n"
+            f"{limit}bash -c {shlex.quote(inner)}\n"
             f"rc=$?\n"
             + (f'if [ "$rc" -eq 124 ]; then echo "{TIMEOUT_LINE} {timeout_s:g}"; fi\n' if limit else "")
             + f'echo "{EXIT_LINE} $rc"\n'
@@ -162,6 +166,7 @@ class SkyExecutor(Executor):
         cfg = check_settings(dict((settings or {}).get("sky") or {}))
         self.project = project
         self.cfg = cfg
+        self.sandbox = Sandbox.from_settings(project.section("sandbox") if project is not None else None, here=False)
         self.template: dict[str, Any] = {}
         if cfg.get("task"):
             self.template = self._load_template(cfg["task"])
@@ -220,7 +225,7 @@ class SkyExecutor(Executor):
         """The task that launches a cluster: provisioning plus the setup (the sky setup, then the project's)."""
         parts = [p for p in (self.template.get("setup"), self.cfg.get("setup")) if p]
         if setup:
-            parts.append(f"cd {SETUP_DIR} && {setup}")
+            parts.append(f"cd {SETUP_DIR} && bash -c {shlex.quote(self.sandbox.node_script(setup, setup=True))}")
         config: dict[str, Any] = {"name": "fleetlab-setup", "workdir": str(workdir),
                                   "resources": self._resources(None), "envs": self._envs({}),
                                   "setup": "\n".join(parts) or "true"}
@@ -231,7 +236,7 @@ class SkyExecutor(Executor):
         command = self.template.get("run") or spec.command
         return {"name": self._job_name(spec.experiment_id), "workdir": str(workdir),
                 "resources": self._resources(cluster), "envs": self._envs(dict(spec.env)),
-                "run": run_script(command, spec.experiment_id, spec.timeout_s)}
+                "run": run_script(command, spec.experiment_id, spec.timeout_s, self.sandbox)}
 
     @staticmethod
     def _job_name(experiment_id: str) -> str:
