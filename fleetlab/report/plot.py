@@ -106,7 +106,8 @@ def plot_progress(points: list[dict[str, Any]], path: list[dict[str, Any]], sigm
         draw(of("measure"), "replicates / validation runs", s=28, marker="D", c=BLUE, alpha=0.7, zorder=3)
         draw(of("pending"), "awaiting validation", s=40, facecolors="none", edgecolors=AMBER, linewidths=1.4,
              zorder=3)
-        draw(of("keep"), "kept (screening run)", s=55, c=GREEN, edgecolors="black", linewidths=0.6, zorder=4)
+        draw(of("keep"), "baseline / kept (the run decided on)", s=55, c=GREEN, edgecolors="black", linewidths=0.6,
+             zorder=4)
         off = [p for p in scored if not lo <= p["metric"] <= hi]
         if off:  # on the worse edge, in axes units
             edge = 0.97 if goal == "minimize" else 0.03
