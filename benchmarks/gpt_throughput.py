@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,11 +59,12 @@ def load_prepare(path: Path, name: str):
 # ---------------------------------------------------------------------------
 
 
-def time_loader(prepare, cache: Path, batches: int, prefetch: int | None, consumer_s: float) -> float:
-    """Main-thread ms per micro-batch of `prepare.make_dataloader` at LOADER_SHAPE (full vocabulary), with a consumer
-    that holds each batch `consumer_s` seconds (a GPU step: the main thread waits, the GIL is free)."""
-    B, T = LOADER_SHAPE
-    tok = prepare.Tokenizer.from_directory(cache)
+def time_loader(prepare, cache: Path, batches: int, prefetch: int | None, consumer_s: float,
+                shape: tuple[int, int] = LOADER_SHAPE, vocab: int | None = None) -> float:
+    """Main-thread ms per micro-batch of `prepare.make_dataloader` at `shape` (default: the GPU's, full vocabulary),
+    with a consumer that holds each batch `consumer_s` seconds (a GPU step: the main thread waits, the GIL is free)."""
+    B, T = shape
+    tok = prepare.Tokenizer.from_directory(cache, vocab_size=vocab)
     kwargs = {"directory": cache} if prefetch is None else {"directory": cache, "prefetch": prefetch}
     loader = prepare.make_dataloader(tok, B, T, "train", **kwargs)
     next(loader)  # opening the store, first fill
@@ -179,11 +181,26 @@ def main() -> None:
             result = loader_figures(cache, args.against, args.batches)
         elif args.hide:
             env.setdefault("FLEETLAB_TIME_BUDGET", "20")
-            # side by side, one thread each: on a shared machine both see the same load
-            procs = [start_train(tmp / "loaded", env), start_train(tmp / "static", env, static_batch=True)]
-            (loaded, _), (static, _) = (finish_train(proc) for proc in procs)
+            # side by side, one thread each, so both see the same load; twice, the other one started first the second time
+            pairs = []
+            for order in ((False, True), (True, False)):  # False: the loader, True: the pre-made batch
+                procs = {static: start_train(tmp / f"static-{static}", env, static) for static in order}
+                pairs.append({static: finish_train(proc) for static, proc in procs.items()})
+            log = pairs[0][False][1]
+            loaded = {"step_ms": statistics.median(p[False][0]["step_ms"] for p in pairs)}
+            static = {"step_ms": statistics.median(p[True][0]["step_ms"] for p in pairs)}
+            ratios = [round(p[False][0]["step_ms"] / p[True][0]["step_ms"], 3) for p in pairs]
+            # the loader's whole cost at this run's shape, were it not hidden: micro-batches per step x packing time
+            T = int(re.search(r"'sequence_len': (\d+)", log).group(1))
+            micro = int(re.search(r"gradient accumulation steps: (\d+)", log).group(1))
+            B = int(re.search(r"tokens per step: (\d+)", log).group(1)) // micro // T
+            vocab = int(re.search(r"'vocab_size': (\d+)", log).group(1))
+            prepare = load_prepare(TEMPLATE / "prepare.py", "fleetlab_gpt_prepare")
+            pack_ms = time_loader(prepare, cache, 200, 0, 0.0, shape=(B, T), vocab=vocab)
             result = {"step_ms_with_loader": loaded["step_ms"], "step_ms_premade_batch": static["step_ms"],
-                      "step_time_ratio": round(loaded["step_ms"] / static["step_ms"], 3),
+                      "step_time_ratio": round(loaded["step_ms"] / static["step_ms"], 3), "ratio_per_pair": ratios,
+                      "microbatch": [B, T], "pack_ms_per_microbatch": round(pack_ms, 3),
+                      "loader_share_of_step_if_serial": round(micro * pack_ms / static["step_ms"], 4),
                       "budget_s": float(env["FLEETLAB_TIME_BUDGET"]), "threads": args.threads}
         else:
             summary, log = finish_train(start_train(tmp / "run", env))

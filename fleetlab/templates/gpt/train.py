@@ -401,7 +401,7 @@ print(f"Model config: {asdict(config)}")
 
 model = GPT(config).to(device)
 model.init_weights()
-model.build_masks(seq_len, device)  # before compiling: the graph reads them, never builds them
+model.build_masks(seq_len, model.cos.device)  # before compiling (cuda:0, as inputs will be): the graph only reads them
 if gpu:  # embeddings in bf16 save memory; they are only looked up
     model.transformer.wte.to(dtype=torch.bfloat16)
     for ve in model.value_embeds.values():
