@@ -167,8 +167,10 @@ def read_manifest(directory):
 
 def data_fingerprint(directory=None):
     """What a run measures on, in 16 hex digits: the corpus (the manifest's content hash) and the tokenizer file.
-    train.py prints it as `fleetlab: data=<fingerprint>`; fleetlab compares only results measured on the same data
-    (a worker whose Python has another standard library builds another offline corpus, and would not match)."""
+    The setup prints it as `fleetlab: data=<fingerprint>` (fleetlab pins the session's data with it) and so does
+    train.py (a run measuring on other data than its worker prepared fails); fleetlab compares only results measured
+    on the same data (a worker whose Python has another standard library builds another offline corpus, and would
+    not match)."""
     directory = cache_dir() if directory is None else Path(directory)
     tok = directory / "tokenizer.pkl"
     parts = [read_manifest(directory)["corpus_sha256"], sha256_file(tok) if tok.exists() else "no-tokenizer-file", PACKING]
@@ -858,3 +860,4 @@ if __name__ == "__main__":
         CACHE_ROOT.mkdir(parents=True, exist_ok=True)
         (CACHE_ROOT / "last_prepared").write_text(str(directory) + "\n")
     print("Done! Ready to train.")
+    print(f"fleetlab: data={data_fingerprint(directory)}")  # the worker's fingerprint: its runs must print the same
