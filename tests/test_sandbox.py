@@ -297,9 +297,10 @@ def test_network_off_cuts_it_and_setup_writes_only_the_data_cache(tmp_path: Path
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     ex = LocalExecutor(slots=1, state_dir=root / ".fleetlab", sandbox=Sandbox("bwrap"))
+    (root / ".fleetlab" / "fleetlab.db").write_text("the store")
     ex.prepare(root, "mkdir -p $XDG_CACHE_HOME/data && cat prepare.py > $XDG_CACHE_HOME/data/copy && "
-                     "echo 'fleetlab: data=0123456789abcdef'")
-    assert (cache / "data" / "copy").read_text() == "x = 1\n"  # the project read, the data cache written
+                     "! test -e .fleetlab/fleetlab.db && echo 'fleetlab: data=0123456789abcdef'")
+    assert (cache / "data" / "copy").read_text() == "x = 1\n"  # project read, data cache written, store hidden
     assert ex.data_fingerprint("local-0") == "0123456789abcdef"
     with pytest.raises(SetupFailed):
         LocalExecutor(slots=1, state_dir=root / ".fleetlab", sandbox=Sandbox("bwrap")).prepare(

@@ -155,14 +155,20 @@ class Sandbox:
                 argv += ["--dev-bind", dev, dev]
         argv += ["--proc", "/proc", "--tmpfs", "/tmp"]
         masked = [Path("/tmp")]
-        for d in sorted(set(hidden)):
-            if d.is_dir() and not _under(d, masked):
+        hidden = sorted({d for d in hidden if d.is_dir()})
+        for d in hidden:
+            if not _under(d, masked):
                 argv += ["--tmpfs", str(d)]
                 masked.append(d)
-        # what must stay readable though it lies in a hidden directory; then the writable directories
-        for d in sorted({p for p in [*_needed(), *readable, chdir] if _under(p, masked)} - set(writable)):
-            if d.exists():
-                argv += ["--ro-bind", str(d), str(d)]
+        # what must stay readable though it lies in a hidden directory (hidden again what lies inside it); then the
+        # writable directories
+        back = sorted(d for d in {p for p in [*_needed(), *readable, chdir] if _under(p, masked)} - set(writable)
+                      if d.exists())
+        for d in back:
+            argv += ["--ro-bind", str(d), str(d)]
+        for d in hidden:
+            if any(d != b and d.is_relative_to(b) for b in back):
+                argv += ["--tmpfs", str(d)]
         for d in writable:
             argv += ["--bind", str(d), str(d)]
         argv += list(ISOLATION)
