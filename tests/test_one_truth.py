@@ -1,6 +1,6 @@
 """One truth: a real mlp session (local:2, auto), a submission between sessions, a second session; every figure the
-run summary, `status --json`, `report --json`, `results --json`, results.tsv and report.html show agrees, the second
-session starts from the first one's incumbent, and the submission made between sessions runs."""
+run summary, `status --json`, `report --json`, `results --json`, `analyze --json`, results.tsv and report.html show
+agrees, the second session starts from the first one's incumbent, and the submission made between sessions runs."""
 
 from __future__ import annotations
 
@@ -94,6 +94,12 @@ def _everything_agrees(project: Path, run_output: str) -> dict:
         else:
             assert row["val_loss"] != "0.000000" and float(row["val_loss"]) == pytest.approx(r["metric"], abs=1e-6)
 
+    a = _json(project, "analyze")
+    assert a["experiments"] == f["experiments"] and a["counts"] == f["counts"] and a["warnings"] == f["warnings"]
+    assert a["cost"] == {k: f[k] for k in a["cost"]}
+    if not f["incumbent"]["is_baseline"]:
+        assert a["recommendation"]["gain"] == f["gain"] and a["recommendation"]["mean"] == f["incumbent"]["mean"]
+
     fleetlab_cmd("report", "-C", str(project), check=True)
     page = read_page((project / ".fleetlab" / "report" / "report.html").read_text())
     assert html_facts_agree(page, f) >= 20
@@ -104,7 +110,7 @@ def _everything_agrees(project: Path, run_output: str) -> dict:
 def test_every_surface_tells_the_same_story_across_two_sessions(tmp_path: Path):
     project = tmp_path / "proj"
     fleetlab_cmd("init", str(project), "--template", "mlp", check=True)
-    set_budget(project, 1.5)
+    set_budget(project, 1.0)
     # the first session keeps with autoresearch's rule (any gain over the incumbent), so it ends on a variant
     first = _everything_agrees(project, _session(project, 8, "--keep-rule", "simple", "--no-prune"))
     assert first["experiments"] == 8 and not first["incumbent"]["is_baseline"]
@@ -122,8 +128,8 @@ def test_every_surface_tells_the_same_story_across_two_sessions(tmp_path: Path):
     assert second["tag"] != first["tag"]
     store = SQLiteStore(project / ".fleetlab" / "fleetlab.db")
     try:
-        mine = store.experiments(tag=second["tag"])
-        assert mine[0].content_hash == first["incumbent"]["content_hash"]  # it starts from the incumbent, re-measured
+        ran = sorted((e for e in store.experiments(tag=second["tag"]) if e.started_at), key=lambda e: e.started_at)
+        assert ran[0].content_hash == first["incumbent"]["content_hash"]  # it starts by re-measuring the incumbent
         assert second["baseline"]["content_hash"] == first["incumbent"]["content_hash"]
         assert store.get(submitted).state.is_final and store.get(submitted).state.value != "cancelled"
     finally:
