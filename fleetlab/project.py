@@ -67,6 +67,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "default_sigma": (_FLOAT, 0.0),
         "extend_rounds": (_INT, 3),
         "extend_p": (_FLOAT, 0.4),
+        "control_every": (_INT, 10),
     },
     "prune": {
         "enabled": (_BOOL, True),

@@ -253,3 +253,52 @@ def test_drift_warnings_say_when_throughput_moved_beyond_its_noise():
     assert any(w.startswith("metric drifted") and "better" in w for w in warn), warn
     steady = [e.evolve(extras={"num_steps": 30 + rng.gauss(0, 1)}, metric=2.4 + rng.gauss(0, 0.01)) for e in exps]
     assert drift_warnings(steady, "minimize", baseline_id="exp-0001") == []
+
+
+def test_a_control_every_n_screens_follows_drift_nothing_else_reveals():
+    """The machine slows down after the baseline: every screen looks worse, none is promoted, so no validation
+    asks for controls. A control after `control_every` screens still re-measures the incumbent; once the trend is
+    seen, the screen takes its reference to the run's time and a real improvement is promoted again."""
+    rng = random.Random(6)
+    s = Session()
+    s.rule = s.keep_rule = ValidityKeepRule(control_every=4)
+    baseline(s, rng)
+    base = next(e for e in s.exps.values() if e.role == "baseline")
+    s.inc = base
+    slow = 0.05  # the load's cost on the metric, 5σ
+    for i in range(4):
+        d = s.run("explore", f"null{i}", 1.0 + slow + rng.gauss(0, 0.01), parent=base.id)
+        assert d.status == "discard"
+    ctl = [p for p in s.props if p.role == "control"]
+    assert len(ctl) == 1 and ctl[0].parent == base.id and ctl[0].replicates == 1
+    s.props.clear()
+    for _ in range(3):  # the control, then two more (one every 4 screens: here asked for directly)
+        s.run("control", "base", 1.0 + slow + rng.gauss(0, 0.01), parent=base.id)
+    assert s.rule.tl.seen("cpu") is not None
+    d = s.run("explore", "better", 1.0 + slow - 0.03 + rng.gauss(0, 0.005), parent=base.id)
+    assert d.status == "pending" and "drift-adjusted" in d.numbers["compared"], d.reason
+    assert d.numbers["sigma"] < 0.02  # the residual σ around the trend, not the arm's spread across the load step
+
+
+def test_the_confirmation_pairs_baseline_and_incumbent_once():
+    from fleetlab.analysis.confirm import confirmation, confirmed_gain
+
+    rng = random.Random(7)
+    s = Session()
+    baseline(s, rng)
+    base = next(e for e in s.exps.values() if e.role == "baseline")
+    s.inc = base
+    assert confirmation(s, 3) == []  # the incumbent is the baseline's code: nothing to confirm
+    s.inc = s.queue("explore", "kept", parent=base.id)
+    props = confirmation(s, 3)
+    assert [(p.role, p.parent) for p in props] == [("confirm", base.id), ("confirm", s.inc.id)] * 3
+    for p in props:  # run on one worker, in order: a drift of -0.01 a run cancels within each pair
+        e = s.queue("confirm", "base" if p.parent == base.id else "kept", parent=p.parent)
+        s.exps[e.id] = e.evolve(meta=dict(p.meta))
+        s.t += 60
+        x = (1.0 if p.parent == base.id else 0.98) - 0.01 * len(s.exps) + rng.gauss(0, 0.001)
+        s.exps[e.id] = s.exps[e.id].evolve(state=State.DONE, metric=x, started_at=s.t, worker="w1")
+    assert confirmation(s, 3) == []  # confirmed already
+    g = confirmed_gain(s.experiments(), base, s.inc, "minimize")
+    # each pair's incumbent run comes one run later (0.01 of drift): the paired gain is 0.02 + 0.01, tightly
+    assert g["n_pairs"] == 3 and g["abs"] == pytest.approx(0.03, abs=0.005) and g["ci"][1] - g["ci"][0] < 0.02

@@ -123,6 +123,23 @@ class ArmsAndTime:
                                   parent=inc.id, role="control", replicates=want - have, hardware=hw, tier=tier,
                                   strategy="validity"))
 
+    def _heartbeat(self, inc: Experiment, hw: str, exp: Experiment) -> None:
+        """One control of the incumbent after every `control_every` screening runs on a class without a run of the
+        incumbent there: drift that no validation happens to reveal (every run since looked worse, so none was
+        promoted) is measured all the same, and the screen's reference follows it."""
+        if not self.control_every:
+            return
+        self._since[hw] = self._since.get(hw, 0) + 1
+        if self._since[hw] >= self.control_every and self._ctl.get(inc.content_hash or inc.id, 0) == 0:
+            self._since[hw] = 0
+            self._queue_controls(inc, hw, None, (exp.runtime_s or 0.0) / 3600.0, want=1)
+
+    def _floor(self, hw: str) -> float | None:
+        """The class's noise floor for the screen: the residual σ around the class's trend once one is seen (a drift
+        inflates the spread of an arm's runs, not the noise), else the per-class σ."""
+        tr = self.tl.trend(hw) if self.tl.seen(hw) is not None else None
+        return tr[2] if tr is not None and tr[3] >= 2 and tr[2] > 0 else self.sigma(hw)
+
     def _only_class(self) -> str:
         return self._order[-1] if self._order else next(iter(self.meas.classes()), "unknown")
 
@@ -188,11 +205,7 @@ class ArmsAndTime:
 
     def confirmation(self, view: View, pairs: int | None = None) -> list[Proposal]:
         """The end-of-session confirmation the loop queues (and `fleetlab confirm`): the baseline and the incumbent
-        re-run interleaved, role confirm; nothing when the incumbent is still the baseline's code."""
-        from fleetlab.analysis.confirm import confirmation_proposals
+        re-run interleaved, role confirm; nothing when the incumbent is still the baseline's code or was confirmed."""
+        from fleetlab.analysis.confirm import confirmation
 
-        inc = view.incumbent()
-        base = next((e for e in view.experiments() if e.role == "baseline"), None)
-        if inc is None or base is None or (inc.content_hash or inc.id) == (base.content_hash or base.id):
-            return []
-        return confirmation_proposals(base, inc, pairs or self.replicates)
+        return confirmation(view, pairs or self.replicates)

@@ -13,7 +13,22 @@ from typing import Any
 
 from fleetlab.experiment import Experiment, Proposal, Role, State
 
-__all__ = ["confirmation_proposals", "confirmed_gain"]
+__all__ = ["confirmation", "confirmation_proposals", "confirmed_gain"]
+
+
+def confirmation(view: Any, pairs: int = 3) -> list[Proposal]:
+    """The confirmation a session's view asks for: its first baseline and its incumbent, `pairs` of each; nothing
+    when the incumbent is still the baseline's code (or a confirmation of these two is in the session already)."""
+    inc = view.incumbent()
+    tag = getattr(view, "tag", None)
+    exps = [e for e in view.experiments() if tag is None or e.tag == tag]
+    base = next((e for e in exps if e.role == Role.BASELINE), None)
+    if inc is None or base is None or _code(inc) == _code(base):
+        return []
+    done = {e.meta.get("confirm_of") for e in exps if e.role == Role.CONFIRM}
+    if base.id in done and inc.id in done:
+        return []
+    return confirmation_proposals(base, inc, pairs)
 
 
 def confirmation_proposals(baseline: Experiment, incumbent: Experiment, pairs: int = 3) -> list[Proposal]:

@@ -82,7 +82,8 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
     def __init__(self, k_sigma: float = 1.0, replicates: int = 3, baseline_replicates: int = 3, alpha: float = 0.05,
                  min_effect: float = 0.0, default_sigma: float = 0.0, tiers: dict[str, str] | None = None,
                  flag_lines: int = 20, combine: bool = True, class_replicates: int | None = None,
-                 extend_rounds: int = 3, extend_p: float = 0.4, spend: tuple[float, float] = (0.6, 0.25)):
+                 extend_rounds: int = 3, extend_p: float = 0.4, spend: tuple[float, float] = (0.6, 0.25),
+                 control_every: int = 10):
         self.k_sigma = float(k_sigma)
         self.replicates = max(1, int(replicates))
         self.baseline_replicates = max(1, int(baseline_replicates))
@@ -96,6 +97,7 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
         self.extend_rounds = max(0, int(extend_rounds))
         self.extend_p = float(extend_p)
         self.spend = (float(spend[0]), float(spend[1]))
+        self.control_every = max(0, int(control_every))
         self.meas = Measurements()
         self._screen: dict[str, tuple[str, float]] = {}     # variant key -> its first screening (hardware, value)
         self._pending: dict[str, _Pending] = {}             # candidate id -> validation under way
@@ -106,6 +108,7 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
         self.comb = Combinations(combine)
         self.tl = Timeline()                                # arms in time: drift and comparisons close in time
         self._ctl: dict[str, int] = {}                      # arm key -> its controls/replicates asked, not ended
+        self._since: dict[str, int] = {}                    # class -> screening runs since the incumbent's last there
         self._arm_first: dict[str, str] = {}                # arm key -> the run that answers for its arm
         self._arm_final: dict[str, Decision] = {}           # that run's id -> the arm's final decision
         self._hash_ids: dict[str, list[str]] = {}           # arm key -> screening runs of that code (incremental)
@@ -126,7 +129,7 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
         tiers = project.section("fleet").get("tiers") or {}
         return cls(k_sigma=v["k_sigma"], replicates=v["replicates"], baseline_replicates=v["baseline_replicates"],
                    alpha=v["alpha"], min_effect=v["min_effect"], default_sigma=v["default_sigma"], tiers=tiers,
-                   extend_rounds=v["extend_rounds"], extend_p=v["extend_p"])
+                   extend_rounds=v["extend_rounds"], extend_p=v["extend_p"], control_every=v["control_every"])
 
     # == fleet shape ================================================================================================
     def _refresh_fleet(self, view: View) -> None:
@@ -255,6 +258,8 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
         inc = view.incumbent()
         if exp.role in UNBIASED_ROLES:
             self._add(key + VAL if exp.role == "validate" else key, hw, x, exp)
+            if inc is not None and key == (inc.content_hash or inc.id) and exp.role != "validate":
+                self._since[hw] = 0
             if self._waiting and inc is not None and key == (inc.content_hash or inc.id):
                 g = self.meas.groups.get(key, {})  # a validation run of the incumbent files under key + VAL
                 # comparable now, or the incumbent has its share on every class and still nothing: decide anyway
@@ -277,6 +282,7 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
             return Decision("discard", f"{exp.role} run of {exp.parent or 'the incumbent'}", self._with_sigma(nums, hw))
         if inc is None:
             return Decision("discard", "finished before any baseline result: nothing to compare with", nums)
+        self._heartbeat(inc, hw, exp)
         pooled = self._arm(exp, key, hw, x, inc, view)
         if pooled is not None:
             return pooled
@@ -312,7 +318,7 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
         nums: dict[str, Any] = {"metric": x, "hardware": hw, "inc": inc.id, "inc_mean": ref_mean,
                                 "inc_n": ref_stat.n, "compared": how, "gain": d,
                                 "lines_added": exp.lines_added, "lines_removed": exp.lines_removed}
-        sigma = self.sigma(hw)
+        sigma = self._floor(hw)
         if not self._noise_known() or not sigma:
             # no noise floor (or runs that repeat exactly): autoresearch's rule, with the simplicity criterion
             nums["sigma"] = sigma
