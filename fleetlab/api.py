@@ -32,9 +32,10 @@ class Opened:
         self.store.close()
 
 
-def open_project(directory: str | os.PathLike | None = None) -> Opened:
+def open_project(directory: str | os.PathLike | None = None, readonly: bool = False) -> Opened:
+    """`readonly`: for commands that only read (they then work on a read-only `.fleetlab`)."""
     project = Project.load(find_root(directory))
-    store = SQLiteStore(project.db_path)
+    store = SQLiteStore(project.db_path, readonly=readonly)
     return Opened(project, store)
 
 
@@ -64,7 +65,7 @@ def choose_tag(store: SQLiteStore, tag: str | None, now: float | None = None) ->
     """(tag, resuming). An explicit tag is used as is; otherwise an unfinished session is resumed, or a new tag made
     from the date (autoresearch style: `nov22`, then `nov22-2`, ...)."""
     if tag:
-        _check_tag(tag)
+        check_tag(tag)
         s = store.session(tag)
         return tag, s is not None
     sessions = store.sessions()
@@ -78,12 +79,13 @@ def choose_tag(store: SQLiteStore, tag: str | None, now: float | None = None) ->
     return new, False
 
 
-def _check_tag(tag: str) -> None:
+def check_tag(tag: str) -> None:
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", tag):
-        raise ConfigError(f"--tag {tag!r} must be letters, digits, '.', '_' or '-' (a git branch name part)",
-                          key="tag")
+    # git's ref rules within that alphabet: no '..', no trailing '.', no '.lock' ending
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", tag) or ".." in tag or tag.endswith((".", ".lock")):
+        raise ConfigError(f"--tag {tag!r} must be letters, digits, '.', '_' or '-', without '..' or a trailing '.' "
+                          "or '.lock' (a git branch name part)", key="tag")
 
 
 class RunLock:

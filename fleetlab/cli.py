@@ -116,8 +116,10 @@ def cmd_run(a) -> int:
     import signal
 
     from fleetlab.api import open_project
-    from fleetlab.session import run_session
+    from fleetlab.project import Project, find_root
+    from fleetlab.session import preflight, run_session
 
+    preflight(Project.load(find_root(a.C)), _run_options(a))  # bad input refused before .fleetlab/ is written
     opened = open_project(a.C)
     if a.detach and not a.dry_run:
         from fleetlab.daemon import detach
@@ -149,6 +151,9 @@ def cmd_run(a) -> int:
             _print_json(compute(opened.project, opened.store, out.tag).to_dict())
         else:
             _print_summary(console, opened, out)
+        if out.stop_reason.startswith("the baseline "):
+            print(f"fleetlab: error: {out.stop_reason}", file=sys.stderr)
+            return 1  # a command that does not run or a metric never printed: nothing can be compared
         if out.stop_reason.startswith("no workers left") or "changed in the project while the session ran" in \
                 out.stop_reason:
             return 1  # nothing can run until the fleet or the project is mended
@@ -202,7 +207,7 @@ def cmd_wait(a) -> int:
 def cmd_status(a) -> int:
     from fleetlab.api import open_project, status
 
-    opened = open_project(a.C)
+    opened = open_project(a.C, readonly=True)
     try:
         while True:
             st = status(opened)
@@ -240,7 +245,7 @@ def cmd_status(a) -> int:
 def cmd_results(a) -> int:
     from fleetlab.api import fmt_metric, open_project, results
 
-    opened = open_project(a.C)
+    opened = open_project(a.C, readonly=True)
     try:
         if a.tsv:
             from fleetlab.store.tsv import render, rows
@@ -276,7 +281,7 @@ def cmd_show(a) -> int:
     from fleetlab.agents import diff_against, resolve_id
     from fleetlab.api import log_text, open_project, show
 
-    opened = open_project(a.C)
+    opened = open_project(a.C, readonly=True)
     try:
         if a.diff or a.against:
             label, text = diff_against(opened, a.id, a.against or "parent")
@@ -342,7 +347,7 @@ def cmd_knobs(a) -> int:
 def cmd_report(a) -> int:
     from fleetlab.api import open_project
 
-    opened = open_project(a.C)
+    opened = open_project(a.C, readonly=a.json)
     try:
         from fleetlab.api import build_report
 
@@ -362,7 +367,7 @@ def cmd_report(a) -> int:
 def cmd_analyze(a) -> int:
     from fleetlab.api import knob_space, open_project
 
-    opened = open_project(a.C)
+    opened = open_project(a.C, readonly=True)
     try:
         from fleetlab.analysis.report import analyze, render_analysis
 
@@ -381,11 +386,14 @@ def cmd_analyze(a) -> int:
 
 
 def cmd_quickstart(a) -> int:
+    from fleetlab.errors import ConfigError
     from fleetlab.quickstart import quickstart
 
+    if a.C is not None and a.dir is not None and Path(a.C).resolve() != Path(a.dir).resolve():
+        raise ConfigError("give the quickstart's project directory once, as -C DIR or --dir DIR", key="dir")
     console = _console()
-    return quickstart(Path(a.dir), minutes=a.minutes, fleet=a.fleet, template=a.template,
-                      on_event=_Printer(console, "val_bpb" if a.template == "gpt" else "val_loss"),
+    return quickstart(Path(a.C or a.dir or "fleetlab-quickstart"), minutes=a.minutes, fleet=a.fleet,
+                      template=a.template, on_event=_Printer(console, "val_bpb" if a.template == "gpt" else "val_loss"),
                       say=lambda text: console.print(text, markup=False))
 
 
@@ -475,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("quickstart", cmd_quickstart, "scaffold the gpt template and run a short research session, then report")
-    sp.add_argument("--dir", default="fleetlab-quickstart")
+    sp.add_argument("--dir", default=None, help="project directory (default: ./fleetlab-quickstart; -C DIR too)")
     sp.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of the session")
     sp.add_argument("--fleet", default=None)
     sp.add_argument("--template", default="gpt", choices=["gpt", "mlp"])
@@ -609,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "fn", None):
         parser.print_help()
         return 0
+    for stream in (sys.stdout, sys.stderr):  # a log's odd bytes or a non-UTF-8 terminal: '?' rather than a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     from fleetlab.errors import FleetlabError
 
     try:

@@ -654,7 +654,10 @@ class Scheduler:
         base = [e for e in self._order if e.tag == self.tag and e.role == "baseline"]
         if base and all(e.state.is_final for e in base) and not any(e.state is State.DONE for e in base):
             b = base[0]
-            return f"the baseline {b.id} ended as {b.state.value}; see `fleetlab show {b.id} --log`"
+            why = "the metric pattern matched no line" if b.state is State.NO_METRIC else next(
+                (ln.strip()[:160] for ln in reversed(b.log_tail.splitlines()) if ln.strip()), "")
+            return (f"the baseline {b.id} ended as {b.state.value}" + (f" ({why})" if why else "")
+                    + f"; see `fleetlab show {b.id} --log`")
         return None
 
     # == the loop ====================================================================================================

@@ -56,6 +56,17 @@ def limits_from(project, opts: RunOptions) -> Limits:
     return lim
 
 
+def preflight(project, opts: RunOptions) -> None:
+    """What `fleetlab run` checks before anything is written (no .fleetlab/, no rows): the limits, the tag and git."""
+    from fleetlab.api import check_tag
+
+    limits_from(project, opts)
+    if opts.tag:
+        check_tag(opts.tag)
+    if not opts.dry_run:
+        project.check_git()
+
+
 def pruning(project, opts: RunOptions) -> bool:
     """Whether runs are stopped early: `--prune`/`--no-prune`, else `[prune] enabled` (default on)."""
     return bool(opts.prune if opts.prune is not None else project.section("prune")["enabled"])

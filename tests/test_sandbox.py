@@ -5,6 +5,7 @@ runs end. The sandbox's pieces (setup, network, modes) are checked on the execut
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -309,6 +310,15 @@ def test_network_off_cuts_it_and_setup_writes_only_the_data_cache(tmp_path: Path
     # the data cache is the setup's: a run reads it but cannot write it
     log, rc = _run(Sandbox("bwrap"), root, f"cat {cache}/data/copy && echo more >> {cache}/data/copy")
     assert "x = 1" in log and rc != 0 and (cache / "data" / "copy").read_text() == "x = 1\n"
+
+
+@needs_bwrap
+@pytest.mark.skipif(not shutil.which("nvidia-smi") or not glob.glob("/dev/nvidia[0-9]*"),
+                    reason="no NVIDIA GPU on this machine")
+def test_a_sandboxed_run_sees_the_gpus(tmp_path: Path):
+    outside = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    log, rc = _run(Sandbox("bwrap"), tmp_path / "proj", "nvidia-smi -L")
+    assert rc == 0 and log.strip() == outside.strip() and "GPU 0" in log, log
 
 
 def test_sandbox_settings_are_checked(tmp_path: Path):

@@ -150,9 +150,8 @@ class Sandbox:
 
     def _argv(self, hidden: list[Path], readable: list[Path], writable: list[Path], chdir: Path) -> list[str]:
         argv = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/dev/shm"]
-        for pattern in GPU_DEVICES:
-            for dev in sorted(glob.glob(pattern)):
-                argv += ["--dev-bind", dev, dev]
+        for dev in sorted({dev for pattern in GPU_DEVICES for dev in glob.glob(pattern)}):
+            argv += ["--dev-bind", dev, dev]
         argv += ["--proc", "/proc", "--tmpfs", "/tmp"]
         masked = [Path("/tmp")]
         hidden = sorted({d for d in hidden if d.is_dir()})

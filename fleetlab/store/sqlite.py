@@ -143,17 +143,24 @@ class _Batch:
 class SQLiteStore(Store):
     """`SQLiteStore(path)`; `path=":memory:"` for throwaway stores (simulations)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False):
+        """`readonly`: for commands that only read; works where `.fleetlab` cannot be written (a read-only mount)."""
         self.path = str(path)
-        if self.path != ":memory:":
+        readonly = readonly and self.path != ":memory:" and Path(self.path).is_file()
+        if self.path != ":memory:" and not readonly:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._lock = threading.RLock()
+            self._batch_depth = 0
+            if readonly:
+                self._db = self._connect_readonly()
+                self._check_version()
+                return
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._check_version()  # a newer database is refused before this version writes anything into it
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA busy_timeout=30000")
-            self._lock = threading.RLock()
-            self._batch_depth = 0
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the results database {self.path}: {e}") from None
@@ -167,6 +174,24 @@ class SQLiteStore(Store):
     def _tx(self) -> "_Tx":
         return _Tx(self)
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = "file:" + Path(self.path).resolve().as_posix()
+        try:
+            db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # the directory is not writable and the WAL index cannot be made: no writer can be there either
+            return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+
+    def _check_version(self) -> None:
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if has_meta else None
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"the results database {self.path} has schema version {row[0]}, newer than this "
+                             f"fleetlab understands ({SCHEMA_VERSION}); upgrade fleetlab")
+
     def _migrate(self) -> None:
         with self._lock:
             self._db.executescript(_DDL)
@@ -174,9 +199,6 @@ class SQLiteStore(Store):
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 if row is None:
                     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise StoreError(f"the results database {self.path} has schema version {row[0]}, newer than this "
-                                     f"fleetlab understands ({SCHEMA_VERSION}); upgrade fleetlab")
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
