@@ -123,6 +123,7 @@ class Scheduler:
         self._bk: dict[str, Any] | None = None  # knob values of the project's own files
         self._space: Any = None  # the knob search space strategies sample (set_space)
         self._due_at: float | None = None  # virtual clock: the event time the loop last waited for
+        self._pulled = 0  # the newest experiment number `_pull_submissions` has read
         self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
 
     # == view for keep rules / strategies ==========================================================================
@@ -364,8 +365,13 @@ class Scheduler:
 
     # == dispatch ====================================================================================================
     def _pull_submissions(self) -> None:
-        """Experiments queued by other processes (`fleetlab submit`) since we last looked."""
-        for exp in self.store.experiments(after_num=self._last_num):
+        """Experiments queued by other processes (`fleetlab submit`) since we last looked. Read from our own
+        watermark, not the newest number remembered: a submission stored just before one of the loop's own proposals
+        would have a smaller number than it and be skipped for good (with backfill proposing all the time, it was)."""
+        for exp in self.store.experiments(after_num=self._pulled):
+            self._pulled = max(self._pulled, exp.number)
+            if exp.id in self._exps:
+                continue  # the loop's own
             self._remember(exp)
             if exp.tag == self.tag and exp.state is State.QUEUED:
                 self._queue.append(exp)
