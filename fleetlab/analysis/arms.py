@@ -175,8 +175,9 @@ class ArmsAndTime:
                        window: bool = True) -> tuple[dict[str, Any], str] | str | None:
         """The candidate's validation runs on `vhw` against `inc`'s runs there, both taken to the same time.
 
-        While no trend is seen on the class, every run of the incumbent's arm there counts. Once one is, only those
-        close in time to the validation runs (within two run lengths, or the validation runs' own span) count, and the
+        While no trend is seen on the class, every run of the incumbent's arm there counts (after waiting for a
+        control on its way when none is close in time: without one, no drift could have been seen). Once one is,
+        only those close in time to the validation runs (within two run lengths, or the validation runs' own span) count, and the
         class's trend moves what is left of their time difference; "wait" when too few are in and controls are on
         their way (or were just asked for). None: fewer than two runs a side (the per-class statistics decide)."""
         cand = self.tl.runs(p.key + VAL, vhw)
@@ -186,10 +187,12 @@ class ArmsAndTime:
             return None  # validation runs on several classes: the hardware-normalised statistics decide
         seen = self.tl.seen(vhw)
         how = "same class"
+        lo, hi = min(t for t, _ in cand), max(t for t, _ in cand)
+        w = max(hi - lo, 2 * p.run_h)
+        local = [r for r in runs if lo - w <= r[0] <= hi + w]
+        if seen is None and window and not local and not force and self._ctl.get(ikey, 0) > 0:
+            return "wait"  # no trend seen, but none could be: the control on its way is the first run in between
         if seen is not None and window:
-            lo, hi = min(t for t, _ in cand), max(t for t, _ in cand)
-            w = max(hi - lo, 2 * p.run_h)
-            local = [r for r in runs if lo - w <= r[0] <= hi + w]
             if len(local) >= 2:
                 runs, how = local, "same class, controls close in time"
             elif not force and (self._ctl.get(ikey, 0) > 0 or not p.asked):
