@@ -15,6 +15,7 @@ cold and warm figures. `--cache` names a prepared data cache; by default the off
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -67,7 +68,8 @@ def time_loader(prepare, cache: Path, batches: int, prefetch: int | None, consum
     tok = prepare.Tokenizer.from_directory(cache, vocab_size=vocab)
     kwargs = {"directory": cache} if prefetch is None else {"directory": cache, "prefetch": prefetch}
     loader = prepare.make_dataloader(tok, B, T, "train", **kwargs)
-    next(loader)  # opening the store, first fill
+    with contextlib.redirect_stdout(sys.stderr):  # a first use tokenises and says so: not into --json's output
+        next(loader)  # opening the store, first fill
     spent = 0.0
     for _ in range(batches):
         t0 = time.perf_counter()

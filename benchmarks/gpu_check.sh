@@ -11,33 +11,41 @@
 # fleetlab's own dependencies (pyproject.toml); wheels of missing ones may be put in ./.whl: they are unpacked into a
 # temp dir and put on PYTHONPATH, not installed. Figures go to $OUT (else /tmp/fleetlab-gpu-check/out); data and
 # compile caches to /tmp/fleetlab-gpu-check, so a second call on the same machine reuses them.
+# With the device tool (python 3.12 there, without rustbpe): fill .whl first, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl rustbpe optuna alembic colorlog greenlet mako sqlalchemy tomli_w
+# then run `benchmarks/gpu_check.sh bench` and `benchmarks/gpu_check.sh quickstart`, each with carry [".whl"].
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 STATE=${FLEETLAB_GPU_CHECK_DIR:-/tmp/fleetlab-gpu-check}
 OUTDIR=${OUT:-$STATE/out}
 BUDGET=${BUDGET:-30}   # training seconds per benchmark run: ~90 timed steps, enough for a median; data stays unrepeated
-MAX_MB=256             # the offline corpus quickstart takes on a GPU (fleetlab/quickstart.py GPU_OFFLINE_MB)
+MAX_MB=${MAX_MB:-256}  # the offline corpus quickstart takes on a GPU (fleetlab/quickstart.py GPU_OFFLINE_MB)
 STAGE=${1:-all}
-mkdir -p "$STATE" "$OUTDIR"
+mkdir -p "$STATE" "$OUTDIR" "$STATE/bin"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# the template's commands say `python`: make it this Python where only python3 exists
+command -v python >/dev/null || { ln -sf "$(command -v "$PY")" "$STATE/bin/python"; export PATH="$STATE/bin:$PATH"; }
 
-if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
+missing() {
+  "$PY" - <<'EOF'
+import importlib.util
+need = ["torch", "numpy", "pyarrow", "tiktoken", "rustbpe", "scipy", "sklearn", "rich", "matplotlib", "yaml", "optuna"]
+print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
+EOF
+}
+if [ -n "$(missing)" ] && ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" \
     "$ROOT"/.whl/*.whl || { echo "gpu_check: the wheels in .whl could not be unpacked"; exit 1; }
   export PYTHONPATH="$PYTHONPATH:$STATE/site"
 fi
-missing=$("$PY" - <<'EOF'
-import importlib.util
-need = ["torch", "numpy", "pyarrow", "tiktoken", "rustbpe"]
-print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
-EOF
-)
-if [ -n "$missing" ]; then
-  echo "gpu_check: $PY lacks $missing; put their wheels in $ROOT/.whl (see the device notes) and run again."
+if [ -n "$(missing)" ]; then
+  echo "gpu_check: $PY lacks $(missing); put their wheels in $ROOT/.whl (see above) and run again."
   exit 1
 fi
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+# GPU_CHECK_CPU=1 lets the script itself be tried on a machine without a GPU (the figures then mean nothing)
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || [ "${GPU_CHECK_CPU:-0}" = 1 ] \
   || { echo "gpu_check: torch sees no CUDA GPU here."; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUTDIR/gpu.txt"
 
@@ -55,7 +63,7 @@ bench() {
   for kind in cold warm; do
     echo "== throughput, $kind compile cache ($STATE/compile), ${BUDGET} s of training"
     "$PY" "$ROOT/benchmarks/gpt_throughput.py" --cache "$DATA" --cache-dir "$STATE/compile" --budget "$BUDGET" \
-      --threads 8 --json > "$OUTDIR/throughput_$kind.json" 2> "$OUTDIR/throughput_$kind.err" \
+      --threads "${THREADS:-8}" --json > "$OUTDIR/throughput_$kind.json" 2> "$OUTDIR/throughput_$kind.err" \
       || { tail -30 "$OUTDIR/throughput_$kind.json" "$OUTDIR/throughput_$kind.err"; echo "gpu_check: $kind run failed"; exit 1; }
   done
   "$PY" - "$OUTDIR/throughput_cold.json" "$OUTDIR/throughput_warm.json" <<'EOF'
