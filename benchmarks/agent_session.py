@@ -80,7 +80,7 @@ def session(mode: str, rounds: int, budget: float, think: float, seed: int) -> d
                 desc = change_constant(d / "train.py", knob, up)
                 ids.append(fl(root, "submit", "--from", str(d), "-m", desc, "--agent", "scripted").strip())
             submitted += ids
-            fl(root, "wait", *ids)
+            fl(root, "wait", *ids, "--timeout", f"{max(120.0, 30 * run_len):g}")  # a lost submission fails loudly
             time.sleep(think * run_len)  # the agent reads the results and thinks
     finally:
         fl(root, "stop")

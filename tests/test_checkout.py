@@ -235,3 +235,49 @@ def test_backfill_proposes_only_for_workers_nothing_queued_will_take(mlp_project
     assert len(props) == 2 and all(p.meta["backfill"] == "random" for p in props)
     assert len(strategy.propose(ctx(free=2, queued=0), 1)) == 1  # never more than the loop asked for
     assert make_strategy("auto", backfill="none").name == "auto"
+
+
+def test_a_submission_stored_just_before_a_proposal_is_not_lost(project: Path, tmp_path: Path):
+    """The race backfill made common: `fleetlab submit` stores a variant, then the loop stores a proposal of its own
+    (a higher number) before it looks for submissions. The submission must still run."""
+    from fleetlab.api import open_project, submit
+    from fleetlab.experiment import Proposal, State
+    from fleetlab.fleet import make_executor
+    from fleetlab.scheduler import Scheduler
+    from fleetlab.strategies._base import Strategy
+
+    set_budget(project, 0.2, 30)
+    opened, outside = open_project(project), open_project(project)
+    variant = tmp_path / "variant"
+    ids: list[str] = []
+
+    class SubmitsThenProposes(Strategy):
+        name = "racer"
+
+        def propose(self, context, n):
+            if ids or context.incumbent is None:
+                return []
+            ids.extend(e.id for e in submit(outside, variant, "outside"))
+            return [Proposal(description="inside", knobs={"X": 2.5})]
+
+        @property
+        def finished(self):
+            return bool(ids)
+
+    try:
+        from fleetlab.agents import checkout
+
+        checkout(opened, variant)
+        edit(variant, "X = 3.0", "X = 2.0")
+        executor = make_executor("local:2", project, threads_per_slot=1)
+        try:
+            summary = Scheduler(opened.project, opened.store, executor, SubmitsThenProposes(), tag="race",
+                                git=False).run()
+        finally:
+            executor.close()
+        exps = {e.description: e for e in opened.store.experiments(tag="race")}
+        assert ids and exps["inside"].number > exps["outside"].number  # the race happened
+        assert exps["outside"].state is State.DONE, summary.stop_reason
+    finally:
+        opened.close()
+        outside.close()
