@@ -78,7 +78,7 @@ OFFLINE_EXTENSIONS = {".py", ".pyi", ".pyx", ".pxd", ".pxi", ".c", ".h", ".cc", 
                       ".js", ".ts", ".md", ".rst", ".txt", ".toml", ".cfg", ".ini", ".json", ".yaml", ".yml", ".sh"}
 OFFLINE_MAX_FILE_BYTES = 2_000_000   # larger files are data dumps (JSON tables, vendored bundles), not prose or code
 OFFLINE_CPU_MAX_MB = 48
-TOKENIZER_MAX_CHARS = 200_000_000   # BPE merges for an 8192 vocabulary settle long before this much text
+TOKENIZER_MAX_CHARS = 100_000_000   # BPE merges for an 8192 vocabulary settle long before this much text
 PACKING = "bestfit-v2"             # part of the data fingerprint: the packer decides which tokens the metric scores
 
 # ---------------------------------------------------------------------------
@@ -624,30 +624,21 @@ class Packer:
         them, unless a packer without wrap ran out of documents)."""
         rows, row_len = out.shape
         assert row_len == self.row_len
-        starts, takes = [], []
+        tokens = self.tokens.view(np.ndarray)  # plain slices: a memmap wraps each one in a new object
         for r in range(rows):
-            remaining, pieces = row_len, []
+            remaining, row = row_len, out[r]
             while remaining:
                 self._top_up()
                 if not self.buffer:  # no wrap, split used up: this row stays unfilled
-                    rows = r
-                    break
+                    return r
                 i = bisect_right(self.buffer, (remaining, 1)) - 1   # largest length <= remaining, earliest first
                 if i < 0:  # nothing fits: crop the shortest (earliest of the shortest)
                     i = bisect_right(self.buffer, (self.buffer[0][0], 1)) - 1
                 length, _, doc = self.buffer.pop(i)
-                pieces.append((self.offsets[doc], min(length, remaining)))
-                remaining -= pieces[-1][1]
-            if remaining:
-                break
-            starts += [start for start, _ in pieces]
-            takes += [take for _, take in pieces]
+                take, start, pos = min(length, remaining), self.offsets[doc], row_len - remaining
+                row[pos:pos + take] = tokens[start:start + take]
+                remaining -= take
             self.rows_done += 1
-        # one vectorised gather: position k of the output reads tokens[start of its piece + k - piece's output start]
-        takes = np.asarray(takes, dtype=np.int64)
-        shift = np.asarray(starts, dtype=np.int64) - (np.cumsum(takes) - takes)
-        index = np.repeat(shift, takes) + np.arange(rows * row_len, dtype=np.int64)
-        out[:rows].reshape(-1)[:] = self.tokens[index]
         return rows
 
 
