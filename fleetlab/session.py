@@ -1,4 +1,5 @@
-"""Build and run a research session: fleet + strategy + keep rule + scheduler, from command-line options."""
+"""The composition root: a research session (fleet + strategy + keep rule + pruner + stop rule + scheduler) built
+from a project and command-line options, for `fleetlab run`, `--dry-run`, `fleetlab bench` and quickstart."""
 
 from __future__ import annotations
 
@@ -94,83 +95,96 @@ def make_fleet(opened: Opened, spec: str, opts: RunOptions, clock=None):
     return make_executor(spec, project.root, **kw)
 
 
+def build_scheduler(project, store, executor, opts: RunOptions, *, tag: str, strategy=None, keep_rule=None,
+                    on_event: Callable[..., None] | None = None, git: bool = True, export_tsv: bool = True,
+                    record_progress: bool = True) -> Scheduler:
+    """The one composition root: a session's parts from the project and the options, wired into a Scheduler.
+    `fleetlab run`, `--dry-run`, `fleetlab bench` and quickstart all come through here; the bench passes its own
+    keep rule (the truth oracle) and leaves git and results.tsv out of its throwaway projects."""
+    limits = limits_from(project, opts)
+    seed = session_seed(project, opts)
+    if strategy is None:
+        strategy = make_session_strategy(project, opts)
+    if keep_rule is None:
+        keep_rule = make_keep_rule(project, opts.keep_rule)
+    pruner = None
+    if pruning(project, opts):
+        from fleetlab.analysis.pruning import make_pruner
+
+        pruner = make_pruner(project)
+    stop_rule = None
+    if not opts.never_stop:
+        from fleetlab.analysis.stop import StopRule
+
+        stop_rule = StopRule.from_options(project, opts.min_gain_per_gpu_hour)
+    sched = Scheduler(project, store, executor, strategy, executor.clock, tag=tag, limits=limits, keep_rule=keep_rule,
+                      lookahead=opts.lookahead, pruner=pruner, on_event=on_event, seed=seed, stop_rule=stop_rule,
+                      git=git, export_tsv=export_tsv, record_progress=record_progress)
+    sched.set_space(knob_space(project))
+    return sched
+
+
+def session_seed(project, opts: RunOptions) -> int:
+    return opts.seed if opts.seed is not None else project.section("strategy")["seed"]
+
+
+def make_session_strategy(project, opts: RunOptions):
+    from fleetlab.strategies import make_strategy
+
+    return make_strategy(opts.strategy or project.section("strategy")["name"], seed=session_seed(project, opts),
+                         project=project, settings=project.settings, backfill=opts.backfill, **opts.strategy_options)
+
+
 def run_session(opened: Opened, opts: RunOptions, on_event: Callable[..., None] | None = None) -> Summary | list[Path]:
     project, store = opened.project, opened.store
     fleet_spec = opts.fleet or project.section("fleet")["default"]
-    strat_spec = opts.strategy or project.section("strategy")["name"]
-    seed = opts.seed if opts.seed is not None else project.section("strategy")["seed"]
-    limits = limits_from(project, opts)
-    space = knob_space(project)
-    from fleetlab.strategies import make_strategy
-
-    strategy = make_strategy(strat_spec, seed=seed, project=project, settings=project.settings,
-                             backfill=opts.backfill, **opts.strategy_options)
+    limits_from(project, opts)  # bad limits are refused before anything starts
+    strategy = make_session_strategy(project, opts)
     with RunLock(project):
         tag, resuming = choose_tag(store, opts.tag)
         executor = make_fleet(opened, fleet_spec, opts)
-        clock = getattr(executor, "clock", None)
         try:
             if opts.dry_run:
-                return dry_run(opened, executor, strategy, space, tag, limits, opts)
-            keep = make_keep_rule(project, opts.keep_rule)
-            pruner = None
-            if pruning(project, opts):
-                from fleetlab.analysis.pruning import make_pruner
-
-                pruner = make_pruner(project)
-            stop_rule = None
-            if not opts.never_stop:
-                try:
-                    from fleetlab.analysis.stop import StopRule
-                except ImportError:
-                    StopRule = None
-                if StopRule is not None:
-                    stop_rule = StopRule.from_options(project, opts.min_gain_per_gpu_hour)
+                return dry_run(project, executor, strategy, tag)
+            sched = build_scheduler(project, store, executor, opts, tag=tag, strategy=strategy, on_event=on_event)
             if on_event:
                 on_event("preparing", fleet=fleet_spec, strategy=strategy.name, tag=tag, resuming=resuming)
             for message in executor.notices():  # said once, at session start (a sandbox this machine lacks)
                 if on_event:
                     on_event("warning", message=message)
             executor.prepare(project.root, project.setup or None)
-            sched = Scheduler(project, store, executor, strategy, clock, tag=tag, limits=limits, keep_rule=keep,
-                              lookahead=opts.lookahead, pruner=pruner, on_event=on_event, seed=seed,
-                              stop_rule=stop_rule)
-            sched.set_space(space)
-            summary = sched.run()
-            return summary
+            return sched.run()
         finally:
             executor.close()
 
 
-def dry_run(opened: Opened, executor, strategy, space, tag: str, limits: Limits, opts: RunOptions) -> list[Path]:
-    """Plan the baseline and the first wave and write their exact launch specs; launch nothing, store nothing."""
-    from fleetlab.experiment import Proposal
-    from fleetlab.fleet._base import RunSpec
+def dry_run(project, executor, strategy, tag: str) -> list[Path]:
+    """Plan the baseline and the first wave and write their exact launch specs (built as dispatch builds them);
+    launch nothing, store nothing."""
+    from fleetlab.experiment import Proposal, Role
+    from fleetlab.ledger import StoreView
     from fleetlab.proposals import Materializer
+    from fleetlab.scheduler import run_spec
     from fleetlab.store.sqlite import SQLiteStore
     from fleetlab.strategies._base import Context
 
-    project = opened.project
     out_dir = project.state_dir / "dry-run"
-    m = Materializer(project, SQLiteStore(":memory:"))
+    scratch = SQLiteStore(":memory:")
+    m = Materializer(project, scratch)
     workers = executor.workers()
-    base = project.read_editable()
-    ctx = Context(goal=project.goal, metric=project.metric, incumbent=None, baseline_knobs=m.read_knobs(base),
-                  space=space, experiments=[], workers=workers, free_workers=len(workers), now=time.time())
-    props = [Proposal(description="baseline", role="baseline")] + strategy.propose(ctx, max(0, len(workers) - 1))
+    ctx = Context(goal=project.goal, metric=project.metric, incumbent=None,
+                  baseline_knobs=m.read_knobs(project.read_editable()), space=knob_space(project), experiments=[],
+                  workers=workers, free_workers=len(workers), now=time.time(), view=StoreView(scratch, project.goal),
+                  materializer=m, tag=tag)
+    props = [Proposal(description="baseline", role=Role.BASELINE)] + strategy.propose(ctx, max(0, len(workers) - 1))
     specs = []
     for i, (prop, worker) in enumerate(zip(props, workers)):
-        exp_id = f"dry-{i + 1:04d}"
         try:
             variant = m.build(prop, None)
         except Exception as e:  # a proposal that would be rejected is listed as such
             print(f"skipped {prop.description!r}: {e}")
             continue
-        env = {"EXPERIMENT_ID": exp_id, "EXPERIMENT_DESC": prop.description,
-               "FLEETLAB_TIME_BUDGET": f"{project.time_budget_s:g}", "FLEETLAB_SEED": str(i)}
-        specs.append((RunSpec(experiment_id=exp_id, workdir=project.runs_dir / exp_id, command=project.command,
-                              env=env, timeout_s=project.timeout_s, setup=project.setup or None,
-                              description=prop.description, files=variant.files, seed=i), worker))
+        specs.append((run_spec(project, f"dry-{i + 1:04d}", prop.description, i, variant.files), worker))
     paths = executor.dry_run(specs, out_dir)
     (out_dir / "plan.json").write_text(json.dumps({"tag": tag, "fleet": executor.name, "specs": [str(p) for p in paths]},
                                                   indent=2))

@@ -269,6 +269,20 @@ def commit_keep(project: Project, tag: str, files: dict[str, str], message: str)
     return commit
 
 
+def keep_branch_files(project: Project, tag: str, files: dict[str, str]) -> dict[str, str] | None:
+    """`files`' names as the keep branch fleetlab/<tag> holds them (None: no such branch); a name the branch lacks is
+    left out. The scheduler compares them with the store's incumbent when a session starts."""
+    root, ref = project.root, f"refs/heads/fleetlab/{tag}"
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", ref], cwd=root, capture_output=True).returncode != 0:
+        return None
+    out = {}
+    for rel in files:
+        r = subprocess.run(["git", "show", f"{ref}:{rel}"], cwd=root, capture_output=True)
+        if r.returncode == 0:
+            out[rel] = r.stdout.decode("utf-8", "replace")
+    return out
+
+
 def _short(text: str, n: int = 60) -> str:
     text = text.strip().replace("\n", "\\n")
     return repr(text[:n] + ("..." if len(text) > n else ""))

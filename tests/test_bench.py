@@ -155,7 +155,7 @@ def test_queue_stays_short_while_validations_wait_for_the_fast_class(tmp_path):
 
     def watch(kind: str, **info) -> None:
         if box:
-            longest.append(sum(1 for e in box[0]._queue if not (e.want_hardware or e.tier)))
+            longest.append(sum(1 for e in box[0].ledger.queue if not (e.want_hardware or e.tier)))
 
     sched = _scheduler(tmp_path, "sim:6xH100+2xH200", strategy, 2.0, watch)
     box.append(sched)

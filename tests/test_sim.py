@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetlab.bench.surfaces import NoisyBowl, Quadratic
+from fleetlab.bench.surfaces import NoisyBowl, Quadratic, load_surface
 from fleetlab.clock import VirtualClock
 from fleetlab.errors import ConfigError, ExecutorError
 from fleetlab.fleet._base import RunSpec
@@ -65,12 +65,12 @@ def test_bad_fleet_specs_give_one_sentence(bad):
 
 
 def test_workers_ids_hardware_and_prices():
-    ex = SimExecutor("sim:13xH100+3xH200", "autoresearch", VirtualClock())
+    ex = SimExecutor("sim:13xH100+3xH200", load_surface("autoresearch"), VirtualClock())
     ws = ex.workers()
     assert len(ws) == 16 and ws[2].id == "sim-H100-03" and ws[-1].id == "sim-H200-03"
     assert {w.hardware: w.price_per_hour for w in ws} == {"H100": 2.0, "H200": 2.3}
     assert ex.fastest == "H200" and ex.name == "sim" and {"virtual_clock", "early_stop"} <= ex.SUPPORTS
-    custom = SimExecutor("sim:2xH100", "autoresearch", VirtualClock(), prices={"H100": 3.5})
+    custom = SimExecutor("sim:2xH100", load_surface("autoresearch"), VirtualClock(), prices={"H100": 3.5})
     assert custom.workers()[0].price_per_hour == 3.5
     assert SimExecutor("sim:4", Quadratic(), VirtualClock()).workers()[0].hardware == "cpu"
 
@@ -134,7 +134,7 @@ def test_timeout_ends_the_run_at_timeout_s():
 
 def test_cancel_charges_only_up_to_now():
     clock = VirtualClock()
-    ex = SimExecutor("sim:1xH100", "autoresearch", clock, setup_s=60.0)
+    ex = SimExecutor("sim:1xH100", load_surface("autoresearch"), clock, setup_s=60.0)
     w = ex.workers()[0]
     h = ex.submit(spec("exp-0001", "MATRIX_LR = 0.05\n", seed=1), w)
     clock.wait(160.0)
@@ -149,7 +149,7 @@ def test_cancel_charges_only_up_to_now():
 
 def test_progress_lines_arrive_when_their_time_has_come():
     clock = VirtualClock()
-    ex = SimExecutor("sim:1xH100", "autoresearch", clock, setup_s=0.0, wake_on_progress=True)
+    ex = SimExecutor("sim:1xH100", load_surface("autoresearch"), clock, setup_s=0.0, wake_on_progress=True)
     h = ex.submit(spec("exp-0001", "TOTAL_BATCH_SIZE = 2**18\n", seed=1), ex.workers()[0])
     seen = []
     while (t := ex.next_event_at()) is not None:
@@ -167,7 +167,7 @@ def test_progress_lines_arrive_when_their_time_has_come():
 
 def test_progress_lines_without_waking_arrive_with_the_next_poll():
     clock = VirtualClock()
-    ex = SimExecutor("sim:1xH100", "autoresearch", clock, setup_s=0.0)
+    ex = SimExecutor("sim:1xH100", load_surface("autoresearch"), clock, setup_s=0.0)
     h = ex.submit(spec("exp-0001", "", seed=1), ex.workers()[0])
     assert ex.next_event_at() == pytest.approx(323.0)
     clock.wait(100.0)
@@ -200,7 +200,7 @@ def test_many_workers_are_fast():
     import time
 
     clock = VirtualClock()
-    ex = SimExecutor("sim:256xH100", "autoresearch", clock)
+    ex = SimExecutor("sim:256xH100", load_surface("autoresearch"), clock)
     rng = random.Random(0)
     t = time.perf_counter()
     done = drive(ex, clock, lambda n: f"MATRIX_LR = {rng.uniform(0.02, 0.08):.4f}\n", until=2 * 3600)

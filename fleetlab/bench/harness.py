@@ -132,13 +132,11 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
             surface_name: str | None = None, prune: bool = False, setup_s: float = 60.0, workdir: Path | None = None,
             strategy_options: dict[str, Any] | None = None, keep_rule: str | None = None) -> dict[str, Any]:
     """Run one simulated session and return its record (see the module docstring)."""
-    from fleetlab.api import knob_space, make_keep_rule
     from fleetlab.clock import VirtualClock
     from fleetlab.fleet.sim import SimExecutor
     from fleetlab.project import Project
-    from fleetlab.scheduler import Limits, Scheduler
+    from fleetlab.session import RunOptions, build_scheduler, make_session_strategy
     from fleetlab.store.sqlite import SQLiteStore
-    from fleetlab.strategies import make_strategy
 
     surface = load_surface(surface)
     fleet_spec = normalize_fleet(fleet)
@@ -147,24 +145,17 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
         store = SQLiteStore(":memory:")
         clock = VirtualClock()
         executor = SimExecutor(fleet_spec, surface, clock, setup_s=setup_s, progress=prune, wake_on_progress=prune)
-        strat = make_strategy(strategy, seed=seed, project=project, settings=project.settings,
-                              **(strategy_options or {}))
+        opts = RunOptions(fleet=fleet_spec, strategy=strategy, seed=seed, max_hours=hours, prune=prune,
+                          strategy_options=dict(strategy_options or {}))
+        strat = make_session_strategy(project, opts)
         from fleetlab.bench import oracle
 
-        rule_name = keep_rule or getattr(strat, "keep_rule", "auto")
-        margin = oracle.parse(rule_name)
-        keep = (make_keep_rule(project, rule_name) if margin is None
-                else oracle.TruthKeepRule(executor, project.goal, margin))
-        pruner = None
-        if prune:
-            from fleetlab.analysis.pruning import make_pruner
-
-            pruner = make_pruner(project)
+        opts.keep_rule = keep_rule or strat.keep_rule
+        margin = oracle.parse(opts.keep_rule)
+        keep = None if margin is None else oracle.TruthKeepRule(executor, project.goal, margin)
         trace = _Trace(clock)
-        sched = Scheduler(project, store, executor, strat, clock, tag="bench", limits=Limits(max_hours=hours),
-                          keep_rule=keep, pruner=pruner, on_event=trace, git=False, export_tsv=False,
-                          record_progress=prune, seed=seed)
-        sched.set_space(knob_space(project))
+        sched = build_scheduler(project, store, executor, opts, tag="bench", strategy=strat, keep_rule=keep,
+                                on_event=trace, git=False, export_tsv=False, record_progress=prune)
         t0, c0 = time.perf_counter(), time.process_time()
         summary = sched.run()
         wall_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0

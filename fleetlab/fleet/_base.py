@@ -13,7 +13,9 @@ Rules every executor follows (checked by tests/test_executor_contract.py):
 - `cancel` stops the run and everything it started; a later `poll` reports it finished.
 - `handle.data` is JSON-serialisable; `reattach(data)` turns it back into a live handle after an orchestrator
   restart, or returns None if the run is gone (the scheduler then re-queues it).
-- Capabilities are data: `SUPPORTS` lists what the executor can do beyond the basics.
+- Capabilities are data: `SUPPORTS` lists what the executor can do beyond the basics ("reattach", "early_stop",
+  "heterogeneous", "virtual_clock"; "spec_files": it runs from `RunSpec.files` alone, so no snapshot directory is
+  written for it).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Executor(abc.ABC):
 
     name: ClassVar[str] = "executor"
     SUPPORTS: ClassVar[frozenset[str]] = frozenset()
+    clock: Any = None  # the virtual clock a simulated fleet runs on (None: real time)
 
     @abc.abstractmethod
     def workers(self) -> list[Worker]:

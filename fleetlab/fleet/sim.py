@@ -99,18 +99,19 @@ class SimExecutor(Executor):
     """A simulated fleet on a virtual clock. See the module docstring."""
 
     name: ClassVar[str] = "sim"
-    SUPPORTS: ClassVar[frozenset[str]] = frozenset({"virtual_clock", "in_memory", "early_stop"})
+    SUPPORTS: ClassVar[frozenset[str]] = frozenset({"virtual_clock", "spec_files", "early_stop"})
 
     def __init__(self, spec: str, surface: Any, clock: Any, setup_s: float = 60.0, prices: dict[str, float] | None = None,
                  progress: bool = True, wake_on_progress: bool = False, read_knobs: Callable[[str], dict[str, Any]] | None = None,
                  session_s: float | None = None):
-        from fleetlab.bench.surfaces import load_surface
-
+        if not callable(getattr(surface, "evaluate", None)):
+            raise ConfigError(f"the simulated fleet needs a surface object (load one with "
+                              f"fleetlab.bench.surfaces.load_surface), not {surface!r}", key="surface")
         self.spec = spec
         opts = sim_options(spec)
         self.drift = opts.get("drift", 0.0)
         self.drift_span_s = opts["over"] * 3600.0 if "over" in opts else float(session_s or 8 * 3600.0)
-        self.surface = load_surface(surface)
+        self.surface = surface
         self.clock = clock
         self.setup_s = float(setup_s)
         self.prices = {**DEFAULT_PRICES, **(prices or {})}

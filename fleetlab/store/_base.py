@@ -61,10 +61,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def finish(self, exp_id: str, state: State, *, metric: float | None = None, extras: dict | None = None,
-               exit_code: int | None = None, finished_at: float, log_tail: str = "",
-               meta: dict | None = None) -> None:
+               exit_code: int | None = None, started_at: float | None = None, finished_at: float,
+               log_tail: str = "", meta: dict | None = None) -> None:
         """queued/running -> a final state; `meta` is merged into the stored meta, `log_tail` keeps its last 4000
-        characters. StoreError if it is already final."""
+        characters, `started_at` (when given) is when the run itself started. StoreError if it is already final."""
+
+    @abc.abstractmethod
+    def adopt_queued(self, tag: str) -> list[str]:
+        """Move every queued experiment of other sessions into session `tag` (a new session runs what an earlier one
+        left queued, submissions made between sessions included); their ids, in id order."""
 
     @abc.abstractmethod
     def requeue(self, exp_id: str, reason: str) -> None:

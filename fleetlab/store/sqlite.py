@@ -291,20 +291,28 @@ class SQLiteStore(Store):
     def set_handle(self, exp_id: str, handle: dict[str, Any]) -> None:
         self._update(exp_id, {"handle": json.dumps(handle)}, expect=[State.RUNNING])
 
-    def finish(self, exp_id, state, *, metric=None, extras=None, exit_code=None, finished_at, log_tail="",
-               meta=None) -> None:
+    def finish(self, exp_id, state, *, metric=None, extras=None, exit_code=None, started_at=None, finished_at,
+               log_tail="", meta=None) -> None:
         if not state.is_final:
             raise StoreError(f"finish() needs a final state, not {state.value}")
         with self._tx() as db:
-            row = db.execute("SELECT state, meta FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            row = db.execute("SELECT state, meta, started_at FROM experiments WHERE id = ?", (exp_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no experiment {exp_id}")
             if row[0] not in (State.QUEUED.value, State.RUNNING.value):
                 raise StoreError(f"{exp_id} is {row[0]}, not queued or running")
             merged = json.dumps({**json.loads(row[1]), **meta}) if meta else row[1]
-            db.execute("UPDATE experiments SET state=?, metric=?, extras=?, exit_code=?, finished_at=?, log_tail=?, "
-                       "meta=? WHERE id=?", (state.value, metric, json.dumps(extras or {}), exit_code, finished_at,
-                                             log_tail[-4000:], merged, exp_id))
+            db.execute("UPDATE experiments SET state=?, metric=?, extras=?, exit_code=?, started_at=?, finished_at=?, "
+                       "log_tail=?, meta=? WHERE id=?",
+                       (state.value, metric, json.dumps(extras or {}), exit_code,
+                        row[2] if started_at is None else started_at, finished_at, log_tail[-4000:], merged, exp_id))
+
+    def adopt_queued(self, tag: str) -> list[str]:
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM experiments WHERE state = ? AND tag != ? ORDER BY num",
+                                            (State.QUEUED.value, tag))]
+            db.execute("UPDATE experiments SET tag = ? WHERE state = ? AND tag != ?", (tag, State.QUEUED.value, tag))
+        return ids
 
     def requeue(self, exp_id: str, reason: str) -> None:
         cur = self.get(exp_id)
