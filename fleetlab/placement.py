@@ -16,8 +16,9 @@ from fleetlab.experiment import Experiment, Worker
 
 __all__ = ["FleetFacts", "WorkerPool", "PRIORITY"]
 
-# roles dispatched before exploration: they decide what is kept
-PRIORITY = {"baseline": 0, "replicate": 0, "validate": 1, "combine": 2}  # replicates first: verdicts wait on them
+# roles dispatched before exploration: they decide what is kept. Replicates first (verdicts wait on them); controls
+# and confirmations with the validation runs they are interleaved with, so both sides run under the same conditions
+PRIORITY = {"baseline": 0, "replicate": 0, "validate": 1, "control": 1, "confirm": 1, "combine": 2}
 
 
 class FleetFacts(NamedTuple):
