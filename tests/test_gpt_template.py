@@ -313,6 +313,23 @@ def test_files_source_pins_validation_files_by_path(tmp_path, prepare_module):
     assert val and train and sorted(val + train) == sorted([f"Paragraph {i} of a." for i in range(5)] + ["Only paragraph of b."])
 
 
+def test_local_source_is_read_again_only_when_its_files_change(tmp_path, prepare_module, capsys):
+    texts = tmp_path / "notes"
+    texts.mkdir()
+    for i in range(40):
+        (texts / f"n{i}.md").write_text(f"Note {i}.\n\n\nMore about {i}.\n")
+    cache, source = tmp_path / "cache", f"files:{texts}/*.md"
+    prepare_module.prepare_data(cache, source)
+    shard = cache / "data" / "train_00000.parquet"
+    stamp = shard.stat().st_mtime_ns
+    prepare_module.prepare_data(cache, source)  # every worker runs the setup: the second one reads nothing
+    assert "40 files unchanged" in capsys.readouterr().out and shard.stat().st_mtime_ns == stamp
+    (texts / "n3.md").write_text("Note 3, rewritten at another length.\n")
+    prepare_module.prepare_data(cache, source)
+    docs = pq.read_table(shard).column("text").to_pylist() + pq.read_table(cache / "data" / "val.parquet").column("text").to_pylist()
+    assert "Note 3, rewritten at another length." in docs
+
+
 class _Unigram(torch.nn.Module):
     """A fixed model: the same logits at every position."""
 
