@@ -7,8 +7,11 @@ an editable file that is also read-only and a bad regex, each with one sentence 
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
+import shutil
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,11 +104,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "price_in_per_mtok": (_FLOAT, 3.0),
         "price_out_per_mtok": (_FLOAT, 15.0),
     },
-    "knobs": {},  # free-form: checked by fleetlab.knobs.check_overrides (the one list of knob keys)
     "sandbox": {  # how local runs and setup are contained (fleetlab.fleet.sandbox)
         "mode": (_STR, "auto"),
         "network": (_BOOL, True),
     },
+    "knobs": {},  # free-form: checked by fleetlab.knobs.check_overrides (the one list of knob keys)
 }
 
 @dataclass(frozen=True)
@@ -182,6 +185,10 @@ class Project:
         for key in ("editable", "readonly"):
             for rel in p[key]:
                 _check_relative(rel, f"project.{key}")
+                if Path(rel).parts[0] in (CONFIG_NAME, STATE_DIR, ".git"):
+                    raise ConfigError(f"project.{key} lists {rel!r}, which is fleetlab's or git's own; list the "
+                                      "project's files only (a run must not read or change how it is measured)",
+                                      key=f"project.{key}")
                 if not (root / rel).is_file():
                     raise ConfigError(f"project.{key} names {rel!r}, which does not exist in {root}", key=f"project.{key}")
         if not p["editable"]:
@@ -189,8 +196,10 @@ class Project:
         both = sorted(set(p["editable"]) & set(p["readonly"]))
         if both:
             raise ConfigError(f"{both[0]!r} is listed both as editable and as read-only", key="project.readonly")
-        if p["time_budget_s"] <= 0 or p["timeout_s"] <= 0:
-            raise ConfigError("project.time_budget_s and project.timeout_s must be positive", key="project.timeout_s")
+        _check_ranges(settings)
+        if p["timeout_s"] <= p["time_budget_s"]:
+            raise ConfigError(f"project.timeout_s ({p['timeout_s']:g} s) must be above project.time_budget_s "
+                              f"({p['time_budget_s']:g} s), or every run times out", key="project.timeout_s")
         if not p["command"].strip():
             raise ConfigError("project.command is empty", key="project.command")
         if m["goal"] not in ("minimize", "maximize"):
@@ -201,9 +210,6 @@ class Project:
         for key in ("alpha", "extend_p"):
             if not 0.0 < v[key] < 1.0:
                 raise ConfigError(f"validity.{key} must be between 0 and 1, not {v[key]!r}", key=f"validity.{key}")
-        if v["extend_rounds"] < 0:
-            raise ConfigError(f"validity.extend_rounds must be 0 or more, not {v['extend_rounds']!r}",
-                              key="validity.extend_rounds")
         pattern = m["pattern"] or rf"^{re.escape(m['name'])}:\s*(\S+)"
         metric_re = _regex(pattern, "metric.pattern")
         if metric_re.groups < 1:
@@ -216,15 +222,38 @@ class Project:
             extras[name] = _regex(pat, f"metric.extra.{name}")
             if extras[name].groups < 1:
                 raise ConfigError(f"metric.extra.{name} needs one capture group", key=f"metric.extra.{name}")
-        knobs, constraints = check_overrides(raw.get("knobs", {}))
         if settings["sandbox"]["mode"] not in ("auto", "bwrap", "none"):
             raise ConfigError(f"sandbox.mode must be \"auto\", \"bwrap\" or \"none\", not "
                               f"{settings['sandbox']['mode']!r}", key="sandbox.mode")
+        knobs, constraints = check_overrides(raw.get("knobs", {}))
         return cls(root=root, editable=tuple(p["editable"]), readonly=tuple(p["readonly"]), exclude=tuple(p["exclude"]),
                    setup=p["setup"], command=p["command"], time_budget_s=float(p["time_budget_s"]),
                    timeout_s=float(p["timeout_s"]), instructions=p["instructions"], metric=m["name"], goal=m["goal"],
                    metric_pattern=metric_re, progress_pattern=progress_re, extra_patterns=extras, settings=settings,
                    knob_overrides=knobs, constraints=tuple(constraints))
+
+
+    def check_git(self) -> None:
+        """Refuse a run on a project that is not a git repository, or whose own files (editable and read-only) differ
+        from HEAD: keeps are commits on `fleetlab/<tag>` branched from HEAD, so the baseline must be what HEAD holds."""
+        def git(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True)
+
+        if shutil.which("git") is None:
+            raise ConfigError("git is not installed; fleetlab needs it to keep improvements as commits", key="git")
+        if git("rev-parse", "--git-dir").returncode != 0:
+            raise ConfigError(f"{self.root} is not a git repository; run `git init && git add -A && git commit -m "
+                              "baseline` there first (kept variants become commits)", key="git")
+        files = [*self.editable, *self.readonly]
+        if git("rev-parse", "--verify", "-q", "HEAD").returncode != 0:
+            dirty = files
+        else:
+            changed = git("diff", "--name-only", "--relative", "HEAD", "--", *files).stdout.split("\n")
+            untracked = git("ls-files", "--others", "--", *files).stdout.split("\n")
+            dirty = sorted({f for f in changed + untracked if f})
+        if dirty:
+            raise ConfigError(f"{', '.join(dirty)} {'has' if len(dirty) == 1 else 'have'} changes not committed to "
+                              "git; commit them first (the baseline is what HEAD holds)", key="git")
 
 
 def find_root(start: str | os.PathLike | None = None) -> Path:
@@ -279,6 +308,59 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             values.setdefault(key, default)
         out[section] = values
     return out
+
+
+# (section, key) -> (lowest, highest, whether the lowest itself is allowed); None: no bound
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    ("project", "time_budget_s"): (0, None, False),
+    ("project", "timeout_s"): (0, None, False),
+    ("fleet", "threads_per_slot"): (1, None, True),
+    ("strategy", "lookahead"): (0, None, True),
+    ("validity", "baseline_replicates"): (0, None, True),
+    ("validity", "replicates"): (1, None, True),
+    ("validity", "k_sigma"): (0, None, True),
+    ("validity", "min_effect"): (0, None, True),
+    ("validity", "default_sigma"): (0, None, True),
+    ("validity", "extend_rounds"): (0, None, True),
+    ("prune", "min_fraction"): (0, 1, True),
+    ("prune", "max_fraction"): (0, 1, True),
+    ("prune", "min_history"): (1, None, True),
+    ("prune", "slack"): (0, None, True),
+    ("prune", "quantile"): (0, 1, False),
+    ("stop", "max_experiments"): (0, None, True),
+    ("stop", "max_hours"): (0, None, True),
+    ("stop", "max_gpu_hours"): (0, None, True),
+    ("stop", "max_cost"): (0, None, True),
+    ("llm", "max_cost"): (0, None, True),
+    ("llm", "temperature"): (0, None, True),
+    ("llm", "timeout_s"): (0, None, False),
+    ("llm", "agents"): (1, None, True),
+    ("llm", "proposals_per_call"): (1, None, True),
+    ("llm", "price_in_per_mtok"): (0, None, True),
+    ("llm", "price_out_per_mtok"): (0, None, True),
+}
+
+
+def _check_ranges(settings: dict[str, dict[str, Any]]) -> None:
+    """Every number finite (stop.target may stay unset, nan) and inside its range, named by its key."""
+    for section, keys in SCHEMA.items():
+        for key, (kind, _) in keys.items():
+            value = settings[section].get(key)
+            if kind != _FLOAT or value is None or math.isfinite(value):
+                continue
+            if (section, key) == ("stop", "target") and math.isnan(value):
+                continue
+            raise ConfigError(f"{section}.{key} must be a finite number, not {value!r}", key=f"{section}.{key}")
+    for (section, key), (low, high, closed) in _RANGES.items():
+        value = settings[section][key]
+        if low is not None and (value < low or (value == low and not closed)):
+            need = f"{low:g} or more" if closed else ("positive" if low == 0 else f"above {low:g}")
+            if high is not None:
+                need = f"between {low:g} and {high:g}"
+            raise ConfigError(f"{section}.{key} must be {need}, not {value!r}", key=f"{section}.{key}")
+        if high is not None and value > high:
+            raise ConfigError(f"{section}.{key} must be between {low:g} and {high:g}, not {value!r}",
+                              key=f"{section}.{key}")
 
 
 def _regex(pattern: str, key: str) -> re.Pattern:

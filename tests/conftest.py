@@ -45,3 +45,12 @@ def set_budget(project: Path, seconds: float, timeout: float | None = None) -> N
     if timeout is not None:
         text = re.sub(r"(?m)^timeout_s = .*$", f"timeout_s = {timeout}", text)
     p.write_text(text)
+
+
+def commit_all(root: Path) -> None:
+    """Make `root` a git repository with everything in it committed: `fleetlab run` refuses a project that is not one,
+    or whose editable and read-only files differ from HEAD."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "test project", "--allow-empty"]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, env=env)

@@ -218,6 +218,9 @@ def _curve_project(root, extra_toml: str = ""):
         "[project]\neditable = [\"train.py\"]\ncommand = \"python train.py\"\ntime_budget_s = 3\ntimeout_s = 30\n\n"
         "[metric]\nname = \"score\"\ngoal = \"minimize\"\npattern = '^score:\\s*(\\S+)'\n\n"
         "[knobs.QUALITY]\nlow = 0.0\nhigh = 2.0\n" + extra_toml)
+    from conftest import commit_all
+
+    commit_all(root)
     return root
 
 

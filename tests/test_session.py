@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fleetlab_cmd, set_budget
+from conftest import commit_all, fleetlab_cmd, set_budget
 
 from fleetlab.experiment import State
 from fleetlab.store.sqlite import SQLiteStore
@@ -157,6 +157,7 @@ def test_the_data_fingerprint_comes_from_setup_and_a_run_cannot_evict_workers(tm
         "setup = 'echo \"fleetlab: data=$(cat source.txt)\"'\n\n"
         "[metric]\nname = \"loss\"\ngoal = \"minimize\"\npattern = '^loss:\\s*(\\S+)'\n\n"
         "[knobs.LR]\nlow = 0.01\nhigh = 1.0\nlog = true\n")
+    commit_all(root)
     r = fleetlab_cmd("run", "-C", str(root), "--fleet", "local:2", "--strategy", "random", "--max-experiments", "10",
                      "--keep-rule", "simple", timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
