@@ -1,7 +1,7 @@
 """Throughput and per-experiment overhead of the GPT template, and its data loader alone.
 
     python benchmarks/gpt_throughput.py --json                # one training run at the default scale of this device
-    python benchmarks/gpt_throughput.py --loader              # the loader alone at the GPU shape (128 x 2048), any machine
+    python benchmarks/gpt_throughput.py --loader              # the loader alone at the GPU shape (128 x 2048)
     python benchmarks/gpt_throughput.py --loader --against HEAD~1   # ... and another version's loader, as a ratio
     python benchmarks/gpt_throughput.py --hide                # CPU: step time with the prefetching loader / with one
                                                               # pre-made batch (1.0 = the loader is hidden)
@@ -160,8 +160,8 @@ def run_figures(summary: dict[str, float], log: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", help="a prepared data cache (FLEETLAB_CACHE); default: the offline corpus in a temp dir")
-    parser.add_argument("--cache-dir", help="FLEETLAB_CACHE_DIR for the run (compile caches); default: a fresh temp dir")
+    parser.add_argument("--cache", help="a prepared data cache (FLEETLAB_CACHE); default: offline corpus, temp dir")
+    parser.add_argument("--cache-dir", help="FLEETLAB_CACHE_DIR for the run (compile caches); default: a temp dir")
     parser.add_argument("--budget", type=float, help="training seconds (default: train.py's, 60 on CPU, 300 on a GPU)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the run (a CPU fleet slot uses 1)")
     parser.add_argument("--loader", action="store_true", help="measure the loader alone at 128 x 2048")
@@ -183,7 +183,7 @@ def main() -> None:
             result = loader_figures(cache, args.against, args.batches)
         elif args.hide:
             env.setdefault("FLEETLAB_TIME_BUDGET", "20")
-            # side by side, one thread each, so both see the same load; twice, the other one started first the second time
+            # side by side, one thread each, so both see the same load; twice, the other one started first the 2nd time
             pairs = []
             for order in ((False, True), (True, False)):  # False: the loader, True: the pre-made batch
                 procs = {static: start_train(tmp / f"static-{static}", env, static) for static in order}

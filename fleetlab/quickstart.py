@@ -1,6 +1,6 @@
 """`fleetlab quickstart`: the whole loop on a fresh machine in about five minutes, offline, GPU or not.
 
-Writes the gpt template (offline corpus: the Python standard library's sources) into ./fleetlab-quickstart, prepares
+Writes the gpt template (offline corpus: this Python's own text and source files) into ./fleetlab-quickstart, prepares
 data and tokenizer once, runs the baseline and a few waves of the default strategy on the local fleet (one slot per
 GPU, else two CPU slots with one thread each), then prints the best result against the baseline and writes the report.
 Running it again resumes the same project.

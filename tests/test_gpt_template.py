@@ -60,8 +60,9 @@ def prepare_module():
 def offline_caches(tmp_path_factory):
     """The offline corpus (its first 8 MB) prepared twice, into two separate caches, with a small BPE vocabulary."""
     caches = [tmp_path_factory.mktemp(f"offline-{name}") for name in ("a", "b")]
-    procs = [subprocess.Popen(prepare_cmd("--source", "offline", "--vocab-size", "512", "--max-mb", "8"), env=run_env(cache),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cache in caches]
+    cmd = prepare_cmd("--source", "offline", "--vocab-size", "512", "--max-mb", "8")
+    procs = [subprocess.Popen(cmd, env=run_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cache in caches]
     for proc in procs:  # two at once: one core each
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out
@@ -326,7 +327,7 @@ def test_local_source_is_read_again_only_when_its_files_change(tmp_path, prepare
     assert "40 files unchanged" in capsys.readouterr().out and shard.stat().st_mtime_ns == stamp
     (texts / "n3.md").write_text("Note 3, rewritten at another length.\n")
     prepare_module.prepare_data(cache, source)
-    docs = pq.read_table(shard).column("text").to_pylist() + pq.read_table(cache / "data" / "val.parquet").column("text").to_pylist()
+    docs = [d for name in ("train_00000", "val") for d in pq.read_table(cache / "data" / f"{name}.parquet")["text"].to_pylist()]
     assert "Note 3, rewritten at another length." in docs
 
 

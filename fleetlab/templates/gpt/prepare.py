@@ -3,7 +3,8 @@ One-time data preparation for the GPT research template, and the fixed runtime p
 (tokenizer, packing dataloader, evaluate_bpb). READ-ONLY for experiments: the evaluation lives here.
 
 Usage (the project's `setup` step, run once per worker, never per experiment):
-    python prepare.py --source offline                 # no network: text already on this machine (Python stdlib)
+    python prepare.py --source offline                 # no network: this Python's stdlib + site-packages text
+    python prepare.py --source offline --max-mb 0      # ... all of it (default without CUDA: the first 48 MB)
     python prepare.py --source climbmix --num-shards 8 # the original's data (parquet shards from the HF hub)
     python prepare.py --source tinystories
     python prepare.py --source 'files:notes/**/*.md'   # your own text
@@ -150,8 +151,8 @@ def write_manifest(directory, source, files, **extra):
     directory = Path(directory)
     shards = {name: sha256_file(directory / "data" / name) for split in files for name in files[split]}
     corpus = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(shards.items())).encode()).hexdigest()
-    manifest = {"source": source, "train": files["train"], "val": files["val"], "sha256": shards, "corpus_sha256": corpus,
-                **extra}
+    manifest = {"source": source, "train": files["train"], "val": files["val"], "sha256": shards,
+                "corpus_sha256": corpus, **extra}
     tmp = directory / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, directory / "manifest.json")
@@ -173,7 +174,8 @@ def data_fingerprint(directory=None):
     not match)."""
     directory = cache_dir() if directory is None else Path(directory)
     tok = directory / "tokenizer.pkl"
-    parts = [read_manifest(directory)["corpus_sha256"], sha256_file(tok) if tok.exists() else "no-tokenizer-file", PACKING]
+    parts = [read_manifest(directory)["corpus_sha256"], sha256_file(tok) if tok.exists() else "no-tokenizer-file",
+             PACKING]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
@@ -250,7 +252,8 @@ def local_corpus(directory, source, named, max_bytes=None):
     if not train or not val:
         sys.exit(f"Data: {len(files)} readable file(s) hold too little text for a train/validation split.")
     capped = f" (capped at {max_bytes / 1e6:.0f} MB)" if max_bytes is not None and nbytes >= max_bytes else ""
-    print(f"Data: {len(files)} files, {nbytes / 1e6:.1f} MB{capped} -> {len(train):,} train / {len(val):,} validation documents")
+    print(f"Data: {len(files)} files, {nbytes / 1e6:.1f} MB{capped} -> {len(train):,} train / {len(val):,} "
+          "validation documents")
     write_corpus(directory, source, train, val, listing_sha256=listing)
 
 
@@ -259,7 +262,7 @@ def offline_files():
     site-packages as site-packages/... (names do not depend on where the interpreter lives)."""
     paths = sysconfig.get_paths()
     roots = [("stdlib", paths["stdlib"])] + [("site-packages", paths[k]) for k in ("purelib", "platlib")]
-    skip = {"site-packages", "dist-packages", "__pycache__", ".git"}  # the stdlib's own site-packages is another Python's
+    skip = {"site-packages", "dist-packages", "__pycache__", ".git"}  # the stdlib's site-packages: another Python's
     named, done = {}, set()
 
     def walk(folder, prefix):
@@ -291,7 +294,7 @@ def has_cuda():
 
 
 def offline_max_bytes(max_mb):
-    """The byte cap for the offline source: `--max-mb` when given (0 = none), else none with CUDA, OFFLINE_CPU_MAX_MB without."""
+    """The offline source's byte cap: `--max-mb` if given (0 = none), else none with CUDA, OFFLINE_CPU_MAX_MB without."""
     if max_mb is None:
         max_mb = 0 if has_cuda() else OFFLINE_CPU_MAX_MB
     return int(max_mb * 1e6) if max_mb > 0 else None
@@ -555,7 +558,8 @@ def tokenize_split(directory, tokenizer, split, threads=None):
     np.save(out / f"{split}.idx.tmp.npy", np.asarray(offsets, dtype=np.int64))
     os.replace(out / f"{split}.idx.tmp.npy", out / f"{split}.idx.npy")
     os.replace(tmp_bin, out / f"{split}.bin")
-    print(f"Tokens: {split} {len(offsets) - 1:,} documents, {total:,} tokens in {time.time() - t0:.1f}s -> {out}", flush=True)
+    print(f"Tokens: {split} {len(offsets) - 1:,} documents, {total:,} tokens in {time.time() - t0:.1f}s -> {out}",
+          flush=True)
 
 
 def load_tokens(directory, tokenizer, split):
@@ -826,8 +830,8 @@ if __name__ == "__main__":
     parser.add_argument("--vocab-size", type=parse_vocab, default=VOCAB_SIZE, help="BPE vocabulary incl. special tokens, or 'byte'")
     parser.add_argument("--num-shards", type=int, default=10, help="climbmix training shards (the validation shard is always added)")
     parser.add_argument("--max-mb", type=float, default=None,
-                        help=f"local sources: stop after this many MB of text (0 = all; offline default: all with CUDA, "
-                             f"{OFFLINE_CPU_MAX_MB} without)")
+                        help=f"local sources: stop after this many MB of text (0 = all; offline default: all "
+                             f"with CUDA, {OFFLINE_CPU_MAX_MB} without)")
     args = parser.parse_args()
 
     directory = Path(os.environ["FLEETLAB_CACHE"]).expanduser() if os.environ.get("FLEETLAB_CACHE") else default_cache_dir(args.source, args.vocab_size)

@@ -6,7 +6,7 @@ Usage: python train.py   (budget from FLEETLAB_TIME_BUDGET, seed from FLEETLAB_S
 
 import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
-if os.environ.get("FLEETLAB_CACHE_DIR"):  # the worker's own directory, kept across its experiments: compile once per shape
+if os.environ.get("FLEETLAB_CACHE_DIR"):  # the worker's own, kept across its experiments: compile once per shape
     _cache = os.environ["FLEETLAB_CACHE_DIR"]
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_cache, "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_cache, "triton"))
