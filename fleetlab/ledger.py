@@ -178,6 +178,16 @@ class Ledger:
         self.store.add_decision(exp_id, decision, now)
         self.decided[exp_id] = decision
 
+    def settle_pending(self, reason: str, now: float) -> list[str]:
+        """Discard, saying why, the candidates of a session that ended (not interrupted) while they still awaited
+        their validation: no session resumes it on its own, so they would stay pending forever."""
+        ids = [e.id for e in self.mine() if (d := self.decided.get(e.id)) is not None and d.status == "pending"]
+        with self.store.transaction():
+            for exp_id in ids:
+                self.decide(exp_id, Decision("discard", f"not validated: the session ended first ({reason})",
+                                             self.decided[exp_id].numbers), now)
+        return ids
+
     def set_incumbent(self, exp: Experiment, now: float) -> bool:
         """Record a new incumbent; False when it already is."""
         if self.incumbent is not None and self.incumbent.id == exp.id:

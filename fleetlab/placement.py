@@ -14,11 +14,20 @@ from typing import Callable, NamedTuple
 
 from fleetlab.experiment import Experiment, Worker
 
-__all__ = ["FleetFacts", "WorkerPool", "PRIORITY"]
+__all__ = ["FleetFacts", "WorkerPool", "PRIORITY", "priority"]
 
 # roles dispatched before exploration: they decide what is kept. Replicates first (verdicts wait on them); controls
 # and confirmations with the validation runs they are interleaved with, so both sides run under the same conditions
 PRIORITY = {"baseline": 0, "replicate": 0, "validate": 1, "control": 1, "confirm": 1, "combine": 2}
+SUBMITTED = 2  # then what outside agents and people submitted (`fleetlab submit`, HTTP): backfill never delays it
+OUTSIDE = "manual"  # the strategy name a submission is recorded with
+
+
+def priority(exp: Experiment) -> tuple[int, int]:
+    """Dispatch order: by role, outside submissions before the strategy's proposals, then by age."""
+    if exp.role == "explore" and exp.strategy == OUTSIDE:
+        return SUBMITTED, exp.number
+    return PRIORITY.get(exp.role, 3), exp.number
 
 
 class FleetFacts(NamedTuple):
@@ -94,7 +103,7 @@ class WorkerPool:
         free = self.free()
         if not free:
             return []
-        queue.sort(key=lambda e: (PRIORITY.get(e.role, 3), e.number))
+        queue.sort(key=priority)
         rank = self.facts().rank
         placed = []
         for exp in list(queue):

@@ -421,6 +421,10 @@ class Scheduler:
                 _time.sleep(0.05)
         for run in list(self.ledger.running.values()):  # the executor never confirmed: record them cancelled anyway
             self._cancel_record(run, None)
+        if not interrupted:  # an interrupted session resumes (and re-judges); a finished one leaves nothing pending
+            for exp_id in self.ledger.settle_pending(reason, self.clock.now()):
+                self.emit("decision", exp=self.get(exp_id), decision=self.ledger.decided[exp_id],
+                          incumbent=self.ledger.incumbent)
         self.asking.close()
         self.ledger.checkpoint(self.clock.now(), len(self.pool.workers), self.pool.facts().price_per_hour,
                                status="interrupted" if interrupted else "finished", stop_reason=reason)

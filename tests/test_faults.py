@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import fleetlab_cmd, set_budget
 
+from fleetlab.experiment import State
 from fleetlab.store.sqlite import SQLiteStore
 
 FAULTS = {
@@ -94,3 +95,82 @@ def test_cancel_on_interrupt(mlp_project: Path):
         pid = (e.handle or {}).get("wrapper_pid")
         if pid:
             assert not Path(f"/proc/{pid}").exists() or b"_wrapper" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+# == crash windows: SIGKILL the orchestrator where it pauses in the real code path, then resume ==================
+def _kill_at(project: Path, point: str, tmp_path: Path, *run_args: str) -> None:
+    """Start `fleetlab run`, wait until it reaches `point` (an env-guarded pause in the loop itself), SIGKILL it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / f"at-{point}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLEETLAB_PAUSE_AT": point, "FLEETLAB_PAUSE_FILE": str(marker),
+           "FLEETLAB_PAUSE_S": "300"}
+    log = open(tmp_path / f"run-{point}.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "fleetlab.cli", "run", "-C", str(project), *run_args], env=env,
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while not marker.exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), (tmp_path / f"run-{point}.log").read_text()[-3000:]
+        os.kill(p.pid, signal.SIGKILL)
+        assert p.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if p.poll() is None:
+            p.kill()
+        log.close()
+
+
+def _branch_file(project: Path, tag: str, rel: str) -> str | None:
+    import subprocess
+
+    r = subprocess.run(["git", "show", f"fleetlab/{tag}:{rel}"], cwd=project, capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+RUN = ("--fleet", "local:2", "--strategy", "none", "--no-prune", "--tag", "w")
+
+
+def test_sigkill_while_the_keep_commit_is_written_then_resume(mlp_project: Path, tmp_path: Path):
+    """Killed after the store recorded the new incumbent and before its git commit: the next start commits it."""
+    set_budget(mlp_project, 1.0, timeout=30)
+    _kill_at(mlp_project, "keep-commit", tmp_path, *RUN, "--max-experiments", "3")
+    store = SQLiteStore(mlp_project / ".fleetlab" / "fleetlab.db")
+    inc = store.incumbent("w")
+    assert inc is not None and store.decisions()[inc].status == "keep"
+    assert _branch_file(mlp_project, "w", "train.py") is None  # the window: kept in the store, no branch yet
+    store.close()
+    r = fleetlab_cmd("run", "-C", str(mlp_project), *RUN, "--max-experiments", "3", timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = SQLiteStore(mlp_project / ".fleetlab" / "fleetlab.db")
+    kept = store.get(store.incumbent("w"))
+    assert _branch_file(mlp_project, "w", "train.py") == store.get_blob(kept.files["train.py"])
+    assert all(e.id in store.decisions() for e in store.experiments() if e.state.is_final)
+    assert store.integrity_check() == "ok"
+
+
+def test_sigkill_between_a_runs_finish_and_its_decision_then_resume(mlp_project: Path, tmp_path: Path):
+    """Killed inside the transaction that writes a run's final state and its decision: neither is there, the run
+    (which finished on its own) is collected again on resume, and gets both."""
+    set_budget(mlp_project, 1.0, timeout=30)
+    _kill_at(mlp_project, "decision", tmp_path, *RUN, "--max-experiments", "3")
+    store = SQLiteStore(mlp_project / ".fleetlab" / "fleetlab.db")
+    running = [e for e in store.experiments() if e.state is State.RUNNING]
+    assert running and not store.decisions()  # the first run to end was in the window: nothing of it written
+    finished_in_window = running[0].id
+    store.close()
+    r = fleetlab_cmd("run", "-C", str(mlp_project), *RUN, "--max-experiments", "3", timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = SQLiteStore(mlp_project / ".fleetlab" / "fleetlab.db")
+    exps = store.experiments()
+    decisions = store.decisions()
+    assert store.get(finished_in_window).state.is_final and finished_in_window in decisions
+    assert all(e.id in decisions for e in exps if e.state.is_final)
+    assert "pending" not in {d.status for d in decisions.values()}
+    assert store.get(store.incumbent("w")).state is State.DONE
+    assert _branch_file(mlp_project, "w", "train.py") is not None
+    assert [e.state for e in exps].count(State.RUNNING) == 0 and store.integrity_check() == "ok"
