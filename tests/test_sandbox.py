@@ -332,6 +332,14 @@ def test_sandbox_settings_are_checked(tmp_path: Path):
     assert not missing.active and "not sandboxed" in missing.notice and "\n" not in missing.notice
     with pytest.raises(ConfigError, match="sandbox.mode is \"bwrap\" but"):
         Sandbox("bwrap", bwrap=str(tmp_path / "no-bwrap"))
+    from fleetlab.project import Project
+
+    (tmp_path / "train.py").write_text("print('loss: 1')\n")
+    for table, match in (({"mode": "docker"}, "sandbox.mode must be"), ({"network": "off"}, "sandbox.network must be"),
+                         ({"nework": False}, "unknown key sandbox.nework")):
+        with pytest.raises(ConfigError, match=match) as err:
+            Project.from_dict(tmp_path, {"sandbox": table})
+        assert err.value.key.startswith("sandbox.") and "\n" not in str(err.value)
 
 
 def test_a_project_without_bwrap_says_so_once_and_runs(project: Path, tmp_path: Path):
