@@ -591,3 +591,97 @@ def test_descent_fits_a_pruned_design_run_at_its_bound_not_as_missing(space):
     loop2.step(d2, 8)
     d2.observe(pruned.evolve(meta={**pruned.meta, "descent": d2.token, "wave": d2.wave.number}), loop2.context())
     assert len(d2.wave.data) == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every strategy on any space: continuous-only, categorical-only, integer-only and mixed, of 1 and 20 knobs. Each either
+# proposes valid configs or says it is finished: a strategy that returns nothing and is not finished leaves the fleet
+# idle for good. `llm` is left out: its proposals are edits an LLM writes, the space only feeds its prompt.
+
+
+def _space_source(kind: str, n: int) -> tuple[str, dict]:
+    lines, overrides = [], {}
+    for i in range(n):
+        slot = {"continuous": 0, "categorical": 1, "integer": 2}.get(kind, i % 4)
+        if slot == 0:
+            lines.append(f"RATE_{i} = {0.01 * (i + 1)}")
+        elif slot == 1 and i % 2:
+            lines.append(f"MODE_{i} = 'a'")
+            overrides[f"MODE_{i}"] = {"choices": ["a", "b", "c"]}
+        elif slot == 1:
+            lines.append(f"FLAG_{i} = True")
+        elif slot == 2:
+            lines.append(f"COUNT_{i} = {5 + 2 * i}")
+        else:
+            lines.append(f"WIDTH_{i} = {2 ** (3 + i % 4)}")
+    return "\n".join(lines) + "\n", overrides
+
+
+def _noisy_bowl(space, seed=0):
+    rng = random.Random(seed)
+    target = {n: rng.random() for n in space.knobs}
+
+    def f(knobs):
+        s = 1.0
+        for name, k in space.knobs.items():
+            u = unit(space, name, knobs[name])
+            if u is not None:
+                s += (u - target[name]) ** 2
+            elif knobs[name] != k.choices[-1]:
+                s += 0.05
+        return s + rng.gauss(0.0, 0.001)
+    return f
+
+
+_ANY_SPACE = [s for s in ("none", "baseline", "random", "grid", "factorial", "optuna", "optuna-gp", "descent", "auto",
+                          "seq-greedy", "wave-sync")]
+
+
+def _any_space_cases():
+    for name in _ANY_SPACE:
+        for size in (1, 20):
+            for kind in ("continuous", "categorical", "integer", "mixed"):
+                # Optuna's GPSampler optimises its acquisition over 20 discrete knobs for minutes per ask
+                slow = name == "optuna-gp" and size == 20 and kind != "continuous"
+                yield pytest.param(name, kind, size, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("name, kind, size", list(_any_space_cases()))
+def test_every_strategy_works_on_any_space(name, kind, size):
+    from fleetlab.strategies import available
+
+    if name not in available():
+        pytest.skip(f"{name} is not installed")
+    source, overrides = _space_source(kind, size)
+    space = infer_space(source, overrides)
+    assert len(space.knobs) == size
+    loop = Loop(space, _noisy_bowl(space), workers=4)
+    # the GP is slow on 20 discrete knobs: a short start-up and a few requests still reach its sampler
+    strategy = make_strategy(name, seed=0, n_startup_trials=3) if name == "optuna-gp" else make_strategy(name, seed=0)
+    steps, proposed, empty = (4 if name == "optuna-gp" else 25), 0, 0
+    for _ in range(steps):
+        props = loop.step(strategy, 2 if name == "optuna-gp" else 4)  # Loop checks every config against the space
+        for p in props:
+            assert set(p.knobs) <= set(space.knobs), p
+        proposed += len(props)
+        if strategy.finished:
+            break
+        empty = empty + 1 if not props else 0
+        if name != "none":  # `none` serves `fleetlab submit` and waits for it by design
+            assert empty < 3, f"{name} proposes nothing on a {kind} space of {size} and is not finished"
+    if name != "none" and not (name == "descent" and kind == "categorical"):  # descent moves numeric knobs only
+        assert proposed >= 1
+
+
+@pytest.mark.parametrize("name", [s for s in _ANY_SPACE if s not in ("none", "baseline", "seq-greedy", "wave-sync")])
+def test_a_strategy_with_no_knob_to_move_is_finished(name):
+    """A train.py without knobs: a knob strategy has nothing to propose and says so, so the session ends."""
+    from fleetlab.strategies import available
+
+    if name not in available():
+        pytest.skip(f"{name} is not installed")
+    space = infer_space("import os\nSEED = 1\n")
+    assert not space.knobs
+    loop = Loop(space, lambda k: 1.0, workers=2)
+    strategy = make_strategy(name, seed=0)
+    assert loop.step(strategy, 4) == [] and strategy.finished

@@ -60,6 +60,48 @@ class Results:
         return len(self.variants)
 
 
+class Coverage:
+    """Which configs of the space have been run. A strategy says `finished` once the space holds nothing it can
+    propose: no knob at all, or a finite space (every knob categorical or an integer range) whose every config ran.
+    Without that an idle fleet waits for proposals that cannot come, and the session never ends."""
+
+    def __init__(self) -> None:
+        self.space: Any = None
+        self.bound = False
+        self.keys: set[str] = set()
+
+    def bind(self, space) -> None:
+        self.space, self.bound = space, True
+
+    def add(self, exp: Experiment, space) -> None:
+        self.bind(space)
+        if space is not None and exp.state.is_final:
+            self.keys.add(config_key({n: exp.knobs.get(n, k.value) for n, k in space.knobs.items()}, space.knobs))
+
+    @property
+    def exhausted(self) -> bool:
+        if not self.bound:
+            return False
+        if self.space is None or not self.space.knobs:
+            return True
+        n = space_size(self.space)
+        return n is not None and len(self.keys) >= n
+
+
+def space_size(space) -> int | None:
+    """How many configs the space holds when every knob takes finitely many values, else None (constraints are not
+    counted: an upper bound)."""
+    total = 1
+    for k in space.knobs.values():
+        if k.choices is not None:
+            total *= len(k.choices)
+        elif k.kind == "int":
+            total *= max(0, int(math.floor(k.high)) - int(math.ceil(k.low)) + 1)
+        else:
+            return None
+    return total
+
+
 def measured(exp: Experiment) -> bool:
     """Did this run end with a usable metric (done, finite)? Failures and runs without one did not."""
     return exp.state is State.DONE and exp.metric is not None and math.isfinite(exp.metric)
@@ -109,4 +151,4 @@ def from_unit(space, name: str, u: float) -> Any:
     return space.clip(name, x)
 
 
-__all__ = ["Results", "Variant", "config_key", "measured", "score", "unit", "from_unit"]
+__all__ = ["Coverage", "Results", "Variant", "space_size", "config_key", "measured", "score", "unit", "from_unit"]

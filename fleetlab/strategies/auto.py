@@ -71,6 +71,10 @@ class AutoStrategy(Strategy):
         self.model.add(experiment, context.goal, context.space)
         self.descent.observe(experiment, context)
 
+    @property
+    def finished(self) -> bool:
+        return self.factorial.finished  # every config of a finite space ran (each side is told every result)
+
     def rejected(self, proposal: Proposal, reason: str) -> None:
         self.factorial.rejected(proposal, reason)
         self.bo.rejected(proposal, reason)
@@ -216,7 +220,10 @@ class ResponseModel:
             return []
         nums, cats = self.nums, self.cats
         lo_run = max(0, len(self.Y) - self.max_runs)
-        U = np.array(self.U[lo_run:], dtype=float).reshape(-1, len(nums))
+        runs = len(self.Y) - lo_run
+        # explicit shapes: a space with no numeric (or no categorical) knob has rows of length 0, which reshape(-1, 0)
+        # cannot size
+        U = np.array(self.U[lo_run:], dtype=float).reshape(runs, len(nums))
         C = self.C[lo_run:]
         H = self.H[lo_run:]
         y = np.array(self.Y[lo_run:])
@@ -226,7 +233,9 @@ class ResponseModel:
         own = self._combo(centre)
         hws = sorted(set(H))
         levels = {k: [c for c in space.knobs[k].choices if c != centre.get(k)] for k in cats}
-        Carr = np.array(C, dtype=object).reshape(-1, len(cats))
+        Carr = np.empty((runs, len(cats)), dtype=object)
+        for i, combo in enumerate(C):
+            Carr[i, :] = combo
         parts = [np.ones((len(y), 1)), Xn, Xn * Xn]
         mism = np.zeros(len(y))
         for j, k in enumerate(cats):

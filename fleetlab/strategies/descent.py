@@ -47,7 +47,7 @@ from typing import Any
 
 from fleetlab.experiment import Experiment, Proposal, State
 from fleetlab.strategies._base import Context, Strategy
-from fleetlab.strategies._results import config_key, from_unit, measured, score, unit
+from fleetlab.strategies._results import Coverage, config_key, from_unit, measured, score, unit
 from fleetlab.strategies.factorial import fractional_factorial, full_factorial
 from fleetlab.strategies.simple import describe_change, parent_knobs
 
@@ -95,11 +95,20 @@ class DescentStrategy(Strategy):
         self._folds = 0
         self.stalled = False                # no slope clears the noise at the accepted centre, fold-over included
         self.last: dict[str, Any] = {}
+        self.coverage = Coverage()
+        self.no_numeric = False             # the space has no numeric range: nothing to descend
 
     # -- ask/tell ----------------------------------------------------------------------------------------------------
 
+    @property
+    def finished(self) -> bool:
+        """Nothing to descend, every config ran, or the path ended (it resumes if a new incumbent comes from
+        elsewhere; alone, nothing else can bring one)."""
+        return self.no_numeric or self.coverage.exhausted or self.stalled
+
     def observe(self, experiment: Experiment, context: Context) -> None:
         self.goal = context.goal
+        self.coverage.add(experiment, context.space)
         meta, w = experiment.meta, self.wave
         if meta.get("descent") != self.token or w is None or meta.get("wave") != w.number:
             return
@@ -121,6 +130,7 @@ class DescentStrategy(Strategy):
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
         space = context.space
+        self.coverage.bind(space)
         if space is None or n <= 0:
             return []
         self.goal = context.goal
@@ -128,6 +138,7 @@ class DescentStrategy(Strategy):
             self.nums = [k for k, kn in space.knobs.items()
                          if kn.choices is None and kn.low is not None and kn.high is not None and kn.high > kn.low]
             if not self.nums:
+                self.no_numeric = True
                 return []
         base = parent_knobs(context)
         incumbent = {name: base.get(name, k.value) for name, k in space.knobs.items()}

@@ -40,7 +40,7 @@ from typing import Any
 
 from fleetlab.experiment import Experiment, Proposal
 from fleetlab.strategies._base import Context, Strategy
-from fleetlab.strategies._results import Results, config_key, from_unit, measured, score, unit
+from fleetlab.strategies._results import Coverage, Results, config_key, from_unit, measured, score, unit
 from fleetlab.strategies.simple import describe_change, parent_knobs
 
 __all__ = ["FactorialStrategy", "fractional_factorial", "full_factorial", "ofat_levels"]
@@ -139,6 +139,7 @@ class FactorialStrategy(Strategy):
         self.step0, self.min_step, self.fill_scale, self.fill = step, min_step, fill_scale, fill
         self.token = uuid.uuid4().hex[:8]   # tells this instance's proposals from an earlier session's
         self.results = Results()
+        self.coverage = Coverage()
         self.by_config: dict[str, list[float]] = {}  # config key -> metrics of every variant with that config
         self.steps: dict[str, float] = {}
         self.wave: _Wave | None = None
@@ -155,12 +156,17 @@ class FactorialStrategy(Strategy):
         w = self.wave
         if w is not None and experiment.meta.get("fx") == self.token and experiment.meta.get("wave") == w.number:
             w.out.pop(experiment.meta.get("run"), None)
+        self.coverage.add(experiment, context.space)
         v = self.results.add(experiment)
         if v is None or context.space is None or not measured(experiment):  # a failed replicate measured nothing
             return
         key = config_key(experiment.knobs, context.space.knobs)
         vals = self.by_config.setdefault(key, [])
         vals.append(experiment.metric)
+
+    @property
+    def finished(self) -> bool:
+        return self.coverage.exhausted
 
     def rejected(self, proposal: Proposal, reason: str) -> None:
         w = self.wave  # a rejected run never finishes: the wave completes without it
@@ -169,6 +175,7 @@ class FactorialStrategy(Strategy):
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
         space = context.space
+        self.coverage.bind(space)
         if space is None or not space.knobs or n <= 0:
             return []
         self.goal = context.goal
@@ -230,8 +237,9 @@ class FactorialStrategy(Strategy):
 
     def _fill(self, context: Context, base: dict[str, Any]) -> Proposal | None:
         space = context.space
-        for _ in range(20):
-            config = space.sample(self.rng, around=base, scale=self.fill_scale)
+        # wider only when every nearby draw ran already (a small discrete space), so the fleet is not left idle
+        for _, around, scale in [(i, base, self.fill_scale) for i in range(20)] + [(i, None, 1.0) for i in range(20)]:
+            config = space.sample(self.rng, around=around, scale=scale)
             if self._known(config, space):
                 continue
             change = {k: v for k, v in config.items() if base.get(k) != v}

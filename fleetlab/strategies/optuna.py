@@ -30,7 +30,7 @@ from typing import Any
 
 from fleetlab.experiment import Experiment, Proposal, State
 from fleetlab.strategies._base import Context, Strategy
-from fleetlab.strategies._results import Results, config_key, score
+from fleetlab.strategies._results import Coverage, Results, config_key, score
 from fleetlab.strategies.simple import describe_change, parent_knobs
 
 __all__ = ["OptunaStrategy", "OptunaGPStrategy", "distributions"]
@@ -69,6 +69,7 @@ class OptunaStrategy(Strategy):
         self.history, self.keep_best, self.n_startup = history, keep_best, n_startup_trials
         self.token = uuid.uuid4().hex[:8]
         self.results = Results()
+        self.coverage = Coverage()
         self.goal = "minimize"
         self.space = None
         self.dists: dict[str, Any] = {}
@@ -152,9 +153,14 @@ class OptunaStrategy(Strategy):
             out[name] = value
         return out
 
+    @property
+    def finished(self) -> bool:
+        return self.coverage.exhausted
+
     # -- ask/tell ----------------------------------------------------------------------------------------------------
 
     def observe(self, experiment: Experiment, context: Context) -> None:
+        self.coverage.add(experiment, context.space)
         if not self._setup(context):
             return
         before = self.results.variants.get(experiment.content_hash)
@@ -216,6 +222,7 @@ class OptunaStrategy(Strategy):
             self.study.tell(self.pending.pop(ask_id)["trial"], state=TrialState.FAIL)
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
+        self.coverage.bind(context.space)
         if n <= 0 or not self._setup(context):
             return []
         self.goal = context.goal

@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from fleetlab.experiment import Proposal
+from fleetlab.experiment import Experiment, Proposal
 from fleetlab.strategies._base import Context, Strategy
+from fleetlab.strategies._results import Coverage
 
 
 def describe_change(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
@@ -59,9 +60,18 @@ class RandomStrategy(Strategy):
         self.rng = random.Random(seed)
         self.local_share = local_share
         self.scale = scale
+        self.coverage = Coverage()
+
+    def observe(self, experiment: Experiment, context: Context) -> None:
+        self.coverage.add(experiment, context.space)
+
+    @property
+    def finished(self) -> bool:
+        return self.coverage.exhausted
 
     def propose(self, context: Context, n: int) -> list[Proposal]:
         space = context.space
+        self.coverage.bind(space)
         if space is None or not space.knobs:
             return []
         base = parent_knobs(context)
