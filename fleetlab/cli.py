@@ -166,7 +166,10 @@ def cmd_run(a) -> int:
 
 def cmd_submit(a) -> int:
     from fleetlab.api import open_project, submit
+    from fleetlab.errors import ConfigError
 
+    if a.replicates < 1:  # refused before open_project writes a database
+        raise ConfigError("--replicates must be at least 1", key="replicates")
     opened = open_project(a.C)
     try:
         exps = submit(opened, a.from_dir, a.message, replicates=a.replicates, parent=a.parent, agent=a.agent,

@@ -331,6 +331,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("stop", "max_hours"): (0, None, True),
     ("stop", "max_gpu_hours"): (0, None, True),
     ("stop", "max_cost"): (0, None, True),
+    ("stop", "min_gain_per_gpu_hour"): (0, None, True),
     ("llm", "max_cost"): (0, None, True),
     ("llm", "temperature"): (0, None, True),
     ("llm", "timeout_s"): (0, None, False),

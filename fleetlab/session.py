@@ -61,6 +61,13 @@ def preflight(project, opts: RunOptions) -> None:
     """What `fleetlab run` checks before anything is written (no .fleetlab/, no rows): the limits, the tag and git."""
     from fleetlab.api import check_tag
 
+    for flag in ("lookahead", "max_hours", "max_gpu_hours", "max_cost", "target", "min_gain_per_gpu_hour"):
+        value = getattr(opts, flag)
+        name = "--" + flag.replace("_", "-")
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, not {value!r}", key=flag)
+        if value is not None and value < 0 and flag != "target":
+            raise ConfigError(f"{name} cannot be negative", key=flag)
     limits_from(project, opts)
     if opts.tag:
         check_tag(opts.tag)

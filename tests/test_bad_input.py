@@ -56,6 +56,7 @@ TOML_CASES = {
     "quantile": ("[prune]\nquantile = 2\n", "prune.quantile must be between 0 and 1"),
     "stop_negative": ("[stop]\nmax_experiments = -3\n", "stop.max_experiments must be 0 or more"),
     "target_inf": ("[stop]\ntarget = inf\n", "stop.target"),
+    "min_gain_negative": ("[stop]\nmin_gain_per_gpu_hour = -0.1\n", "stop.min_gain_per_gpu_hour"),
     "toml_editable": ("[project]\neditable = ['train.py', 'fleetlab.toml']\n", "project.editable lists 'fleetlab.toml'"),
     "toml_readonly": ("[project]\nreadonly = ['fleetlab.toml']\n", "project.readonly lists 'fleetlab.toml'"),
     "state_dir_readonly": ("[project]\nreadonly = ['.git/config']\n", "project.readonly lists '.git/config'"),
@@ -98,6 +99,20 @@ def test_bad_names(mlp_project: Path, args, needle):
     store = mlp_project / ".fleetlab" / "fleetlab.db"
     if store.exists():
         assert SQLiteStore(store).count() == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--lookahead", "-1"], "--lookahead cannot be negative"),
+    (["run", "--max-hours", "nan"], "--max-hours must be a finite number"),
+    (["run", "--max-cost", "inf"], "--max-cost must be a finite number"),
+    (["run", "--target", "inf"], "--target must be a finite number"),
+    (["run", "--min-gain-per-gpu-hour", "-1"], "--min-gain-per-gpu-hour cannot be negative"),
+    (["run", "--max-experiments", "-3"], "--max-experiments cannot be negative"),
+    (["submit", "--from", ".", "-m", "x", "--replicates", "0"], "--replicates must be at least 1"),
+])
+def test_a_bad_flag_is_refused_before_anything_is_written(mlp_project: Path, args, needle):
+    _one_sentence_error(fleetlab_cmd(*args, "-C", str(mlp_project)), needle)
+    assert not (mlp_project / ".fleetlab").exists()
 
 
 @pytest.mark.parametrize("tag", ["a..b", "end.", "x.lock", "a/b", "-x", "a b"])
