@@ -164,6 +164,29 @@ def test_cancel_kills_the_whole_group(ex, tmp_path, _kill_leftovers):
     assert _read(workdir / ".fleetlab_exit.json")["cancelled"] is True
 
 
+def test_a_run_cannot_forge_its_exit_or_name_another_group_to_kill(ex, tmp_path, _kill_leftovers):
+    """The run may write the wrapper's files in its directory: a forged exit file is not believed while the wrapper
+    lives, and a forged process group (one that is not the wrapper's child) is never killed on cancel."""
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a process group that is not the run's
+    try:
+        forged_run = json.dumps({"pid": victim.pid, "pgid": victim.pid, "wrapper_pid": victim.pid, "started_at": 0})
+        forged_exit = json.dumps({"exit_code": 0, "timed_out": False, "cancelled": False, "started_at": 0,
+                                  "finished_at": 1})
+        h = submit(ex, tmp_path, f"echo '{forged_run}' > .fleetlab_run.json; echo '{forged_exit}' > "
+                                 f".fleetlab_exit.json; echo forged; sleep 60")
+        _kill_leftovers.append(Path(h.data["workdir"]))
+        wait_for(lambda: "forged" in ex.logs(h))
+        time.sleep(0.2)
+        assert not [u for u in ex.poll([h]) if u.finished]  # still running, whatever its exit file says
+        ex.cancel(h)
+        _, u = wait(ex, h, timeout_s=5)
+        assert u.finished and u.exit_code != 0 and not left_in(Path(h.data["workdir"]))
+        assert victim.poll() is None  # the group the run named was left alone
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def test_cancel_right_after_submit(ex, tmp_path, _kill_leftovers):
     h = submit(ex, tmp_path, "sleep 60")
     _kill_leftovers.append(Path(h.data["workdir"]))

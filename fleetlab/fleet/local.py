@@ -136,6 +136,16 @@ def _is_our_wrapper(pid: int | None, workdir: str) -> bool:
     return WRAPPER_MODULE.encode() in args.split(b"\0") and workdir.encode() in args.split(b"\0")
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent of a live process; None if it is gone, -1 where there is no procfs to ask (macOS)."""
+    if not Path("/proc/self").is_dir():
+        return -1
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _killpg(pgid: int | None, sig: int) -> None:
     if pgid:
         try:
@@ -340,9 +350,10 @@ class LocalExecutor(Executor):
             run = self._run(h)
             if run.reported:
                 continue
-            exit_info = _read_json(run.exit_path) if os.path.exists(run.exit_path) else None
-            if exit_info is None and not run.wrapper_alive():
-                exit_info = _read_json(run.exit_path)  # it may have written the file just before it ended
+            # the run can write into its directory too: its exit file is the wrapper's word only once the wrapper ended
+            exit_info = None
+            if not run.wrapper_alive():
+                exit_info = _read_json(run.exit_path)
                 if exit_info is None:
                     _kill_orphaned_run(run.workdir)
                     exit_info = {"exit_code": -9} if run.cancelled else {"infra_failure": "the run's wrapper died"}
@@ -372,7 +383,7 @@ class LocalExecutor(Executor):
     def cancel(self, handle: Handle) -> None:
         """Kill the run's process group at once, ask the wrapper to record it, and wait (briefly) until it has."""
         run = self._run(handle)
-        if run.reported or os.path.exists(run.exit_path):
+        if run.reported:
             return
         run.cancelled = True
         if not run.wrapper_alive():
@@ -383,9 +394,9 @@ class LocalExecutor(Executor):
             return
         _killpg(self._pgid(handle), signal.SIGKILL)
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline and not os.path.exists(run.exit_path) and run.wrapper_alive():
+        while time.monotonic() < deadline and run.wrapper_alive():  # it ends right after writing its exit file
             time.sleep(0.005)
-        if run.wrapper_alive() and not os.path.exists(run.exit_path):
+        if run.wrapper_alive():
             _killpg(self._pgid(handle), signal.SIGKILL)
             os.kill(run.wrapper_pid, signal.SIGKILL)
 
@@ -432,7 +443,10 @@ class LocalExecutor(Executor):
         return run
 
     def _pgid(self, handle: Handle) -> int | None:
+        """The run's process group from the wrapper's run file, believed only for a child of the wrapper: the run
+        can write that file too, and must not name another process group to be killed."""
         if not handle.data.get("pgid"):
-            info = _read_json(Path(handle.data["workdir"]) / RUN_FILE) or {}
-            handle.data["pgid"] = info.get("pgid")
+            pgid = (_read_json(Path(handle.data["workdir"]) / RUN_FILE) or {}).get("pgid")
+            if isinstance(pgid, int) and _parent_of(pgid) in (handle.data.get("wrapper_pid"), -1):
+                handle.data["pgid"] = pgid
         return handle.data.get("pgid")
