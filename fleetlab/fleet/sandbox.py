@@ -195,8 +195,7 @@ class Sandbox:
         if self.mode == "none":
             return command
         steps = ['set -- --ro-bind / / --dev /dev --tmpfs /dev/shm',
-                 'for d in /dev/nvidia* /dev/nvidia-caps /dev/dri; do [ -e "$d" ] && set -- "$@" --dev-bind "$d" "$d"; '
-                 'done',
+                 'for d in /dev/nvidia* /dev/dri; do [ -e "$d" ] && set -- "$@" --dev-bind "$d" "$d"; done',
                  'set -- "$@" --proc /proc --tmpfs /tmp']
         if setup:
             steps += ['set -- "$@" --ro-bind "$PWD" "$PWD"',
