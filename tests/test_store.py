@@ -71,6 +71,24 @@ def test_ids_and_lifecycle(store: Store):
     assert store.find_hash("h1") == [c.id] and store.find_hash("none") == []
 
 
+def test_a_run_records_its_own_start_when_it_finishes(store: Store):
+    e = store.add_experiment(_exp())
+    store.mark_running(e.id, "w0", "cpu", 10.0, {})
+    store.finish(e.id, State.DONE, metric=1.0, started_at=12.5, finished_at=20.0)  # after the worker's setup
+    assert store.get(e.id).runtime_s == 7.5
+
+
+def test_a_new_session_adopts_what_others_left_queued(store: Store):
+    a = store.add_experiment(_exp(tag="old"))
+    b = store.add_experiment(_exp(tag="older"))
+    c = store.add_experiment(_exp(tag="old"))
+    store.finish(c.id, State.DONE, metric=1.0, finished_at=1.0)
+    d = store.add_experiment(_exp(tag="new"))
+    assert store.adopt_queued("new") == [a.id, b.id]
+    assert [(e.id, e.tag) for e in store.experiments()] == [(a.id, "new"), (b.id, "new"), (c.id, "old"), (d.id, "new")]
+    assert store.adopt_queued("new") == []
+
+
 def test_a_queued_experiment_can_be_cancelled_without_running(store: Store):
     e = store.add_experiment(_exp())
     store.finish(e.id, State.CANCELLED, finished_at=1.0, meta={"reason": "cancelled before it ran"})

@@ -96,7 +96,7 @@ class _Tx:
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._lock.acquire()
-        if self.store._batch_depth:  # inside batch(): the batch's transaction holds this write
+        if self.store._batch_depth:  # inside transaction(): the outer transaction holds this write
             return self.store._db
         try:
             self.store._db.execute("BEGIN IMMEDIATE")
