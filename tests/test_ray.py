@@ -4,6 +4,7 @@ the CLI, a node killed mid-run, setup failures, dry-run job specs, and settings 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -142,6 +143,7 @@ def test_a_cluster_started_by_ray_start_with_token_auth(tmp_path, monkeypatch):
 
     from fleetlab.errors import ExecutorError
     from fleetlab.fleet._base import RunSpec
+    from fleetlab.fleet.sandbox import probe
 
     head = RayHead(tmp_path / "head-home")
     try:
@@ -160,14 +162,17 @@ def test_a_cluster_started_by_ray_start_with_token_auth(tmp_path, monkeypatch):
         ex = RayExecutor(f"ray:{head.address}", poll_interval_s=0.1)
         workdir = tmp_path / "exp-0001"
         workdir.mkdir()
-        h = ex.submit(RunSpec("exp-0001", workdir, "echo 'val_bpb: 1.5'", {}, 60), ex.workers()[0])
+        # on a node with bwrap the run is sandboxed: its shell is the second process of a PID namespace of its own
+        h = ex.submit(RunSpec("exp-0001", workdir, "echo 'val_bpb: 1.5'; [ $$ -le 3 ] && echo sandboxed", {}, 60),
+                      ex.workers()[0])
         deadline, done, lines = time.monotonic() + 60, None, []
         while done is None and time.monotonic() < deadline:
             for u in ex.poll([h]):
                 lines.extend(u.lines)
                 done = u if u.finished else None
             time.sleep(0.1)
-        assert done is not None and done.exit_code == 0 and lines == ["val_bpb: 1.5"], (done, lines)
+        sandboxed = ["sandboxed"] if probe(shutil.which("bwrap")) is None else []
+        assert done is not None and done.exit_code == 0 and lines == ["val_bpb: 1.5", *sandboxed], (done, lines)
         monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
         with pytest.raises(ExecutorError, match="refused the authentication token"):
             RayExecutor(f"ray:{head.address}")
