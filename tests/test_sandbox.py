@@ -303,7 +303,7 @@ def test_network_off_cuts_it_and_setup_writes_only_the_data_cache(tmp_path: Path
                      "! test -e .fleetlab/fleetlab.db && echo 'fleetlab: data=0123456789abcdef'")
     assert (cache / "data" / "copy").read_text() == "x = 1\n"  # project read, data cache written, store hidden
     assert ex.data_fingerprint("local-0") == "0123456789abcdef"
-    with pytest.raises(SetupFailed):
+    with pytest.raises(SetupFailed, match="in the sandbox, where the project is read-only"):
         LocalExecutor(slots=1, state_dir=root / ".fleetlab", sandbox=Sandbox("bwrap")).prepare(
             root, "echo changed >> prepare.py")
     assert (root / "prepare.py").read_text() == "x = 1\n"

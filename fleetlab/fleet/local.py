@@ -308,7 +308,10 @@ class LocalExecutor(Executor):
             rc = subprocess.run(argv, cwd=project_root, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=self._env({}, None)).returncode
         if rc != 0:
-            raise SetupFailed(f"the setup command {setup!r} failed with exit code {rc}; see {log}", worker_id="local")
+            where = (" (in the sandbox, where the project is read-only and the data cache ~/.cache writable; "
+                     "[sandbox] mode = \"none\" runs it plainly)") if self.sandbox.active else ""
+            raise SetupFailed(f"the setup command {setup!r} failed with exit code {rc}{where}; see {log}",
+                              worker_id="local")
         from fleetlab.collect import DATA_LINE
 
         found = DATA_LINE.findall(log.read_text(errors="replace"))
