@@ -30,10 +30,11 @@ from typing import Any
 from fleetlab.errors import ConfigError
 
 MODES = ("auto", "bwrap", "none")
-GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
+GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
 # namespaces and limits shared by runs and setup: a PID namespace that dies with its parent, no capabilities
 ISOLATION = ("--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")
 _PROBES: dict[str, str | None] = {}  # bwrap path -> None when it works here, else why not
+_UVM_TRIED: list[bool] = []  # nvidia-modprobe is asked at most once per process
 
 
 def probe(bwrap: str | None) -> str | None:
@@ -50,6 +51,20 @@ def probe(bwrap: str | None) -> str | None:
             why = str(e)
         _PROBES[bwrap] = None if why is None else f"bwrap cannot create a sandbox here ({why})"
     return _PROBES[bwrap]
+
+
+def _gpu_nodes() -> list[str]:
+    """The GPU device nodes to bind. CUDA creates /dev/nvidia-uvm on first use through nvidia-modprobe, which a
+    sandboxed process (no capabilities, its own /dev) cannot: where it is missing it is created here first, once."""
+    if glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/nvidia-uvm") and not _UVM_TRIED:
+        _UVM_TRIED.append(True)
+        modprobe = shutil.which("nvidia-modprobe")
+        if modprobe:
+            try:
+                subprocess.run([modprobe, "-u", "-c=0"], capture_output=True, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                pass
+    return sorted({dev for pattern in GPU_DEVICES for dev in glob.glob(pattern)})
 
 
 def data_cache_dirs(env: dict[str, str] | None = None) -> list[Path]:
@@ -150,7 +165,7 @@ class Sandbox:
 
     def _argv(self, hidden: list[Path], readable: list[Path], writable: list[Path], chdir: Path) -> list[str]:
         argv = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/dev/shm"]
-        for dev in sorted({dev for pattern in GPU_DEVICES for dev in glob.glob(pattern)}):
+        for dev in _gpu_nodes():
             argv += ["--dev-bind", dev, dev]
         argv += ["--proc", "/proc", "--tmpfs", "/tmp"]
         masked = [Path("/tmp")]
