@@ -134,10 +134,11 @@ def make_keep_rule(project: Project, name: str = "auto"):
 
 def submit(opened: Opened, src: str | os.PathLike, description: str, replicates: int = 1,
            parent: str | None = None, agent: str | None = None,
-           on_warning: Callable[[str], None] | None = None) -> list[Experiment]:
+           on_warning: Callable[[str], None] | None = None, prune: bool = True) -> list[Experiment]:
     """Queue a hand-made variant (a copy of the project with edited editable files). Returns the queued records.
     The parent is `parent`, else the experiment `fleetlab checkout` made src from, else the incumbent; `on_warning`
-    hears when the variant undoes a change its parent has or repeats code already submitted (agents.py)."""
+    hears when the variant undoes a change its parent has or repeats code already submitted (agents.py);
+    `prune=False`: the pruner leaves its runs alone."""
     from fleetlab.agents import check_variant_dir, origin_of, same_code, undone_changes
     from fleetlab.proposals import Materializer
     from fleetlab.workspace import files_from_dir
@@ -161,8 +162,10 @@ def submit(opened: Opened, src: str | os.PathLike, description: str, replicates:
     parent_id = parent or origin or store.incumbent(tag)
     parent_exp = store.get(parent_id) if parent_id else None
     m = Materializer(project, store)
-    prop = Proposal(description=description, files=files, strategy="manual", replicates=replicates,
-                    meta={"agent": agent} if agent else {})
+    meta: dict[str, Any] = {"agent": agent} if agent else {}
+    if not prune:
+        meta["prune"] = False
+    prop = Proposal(description=description, files=files, strategy="manual", replicates=replicates, meta=meta)
     variant = m.build(prop, parent_exp)
     warnings = undone_changes(opened, parent_exp, variant.files)
     same = same_code(store, variant.content_hash)
@@ -180,6 +183,37 @@ def submit(opened: Opened, src: str | os.PathLike, description: str, replicates:
     for _ in range(replicates):
         exp = m.to_experiment(prop, parent_exp, tag=tag, seed=rng.randrange(2 ** 31), now=now, strategy="manual",
                               variant=variant)
+        out.append(store.add_experiment(exp))
+    return out
+
+
+def confirm(opened: Opened, pairs: int | None = None) -> list[Experiment]:
+    """Queue the final confirmation of the latest session: its baseline and its incumbent re-run interleaved (role
+    confirm, `pairs` of each, default [validity] replicates), for the `fleetlab run` serving the project or
+    `fleetlab confirm`'s own session to run. Refused in one sentence when there is nothing to confirm."""
+    import random
+
+    from fleetlab.analysis.confirm import confirmation
+    from fleetlab.ledger import StoreView
+    from fleetlab.proposals import Materializer
+
+    project, store = opened.project, opened.store
+    n = int(pairs if pairs is not None else project.section("validity")["replicates"])
+    if n < 2:
+        raise ConfigError("--pairs must be at least 2: an interval needs two pairs", key="pairs")
+    tag = current_tag(store)
+    view = StoreView(store, project.goal, tag)
+    if tag is None or view.incumbent() is None:
+        raise ConfigError("nothing to confirm: no session has a result yet (`fleetlab run` first)", key="confirm")
+    props = confirmation(view, n)
+    if not props:
+        raise ConfigError(f"nothing to confirm in session {tag}: its incumbent is the baseline's code, or it was "
+                          "confirmed already", key="confirm")
+    m, rng, now = Materializer(project, store), random.Random(), time.time()
+    out = []
+    for prop in props:
+        parent = store.get(prop.parent)
+        exp = m.to_experiment(prop, parent, tag=tag, seed=rng.randrange(2 ** 31), now=now, strategy="confirm")
         out.append(store.add_experiment(exp))
     return out
 

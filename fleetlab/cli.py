@@ -173,10 +173,34 @@ def cmd_submit(a) -> int:
     opened = open_project(a.C)
     try:
         exps = submit(opened, a.from_dir, a.message, replicates=a.replicates, parent=a.parent, agent=a.agent,
-                      on_warning=lambda w: print(f"fleetlab: warning: {w}", file=sys.stderr))
+                      on_warning=lambda w: print(f"fleetlab: warning: {w}", file=sys.stderr), prune=not a.no_prune)
         for e in exps:
             print(e.id)
         return 0
+    finally:
+        opened.close()
+
+
+def cmd_confirm(a) -> int:
+    from fleetlab.api import confirm, open_project
+    from fleetlab.facts import serving
+    from fleetlab.session import RunOptions, run_session
+
+    opened = open_project(a.C)
+    try:
+        exps = confirm(opened, a.pairs)
+        ids = " ".join(e.id for e in exps)
+        if serving(opened.project):
+            print(f"queued {len(exps)} confirmation runs for the `fleetlab run` serving this project: {ids}")
+            return 0
+        console = _console()
+        console.print(f"confirming {exps[0].tag}: {len(exps)} runs, baseline and incumbent interleaved ({ids})",
+                      markup=False)
+        out = run_session(opened, RunOptions(fleet=a.fleet, strategy="none", tag=exps[0].tag, never_stop=True,
+                                             prune=False, confirm="only"),
+                          on_event=_Printer(console, opened.project.metric, a.quiet))
+        _print_summary(console, opened, out)
+        return 130 if out.stop_reason == "interrupted" else 0
     finally:
         opened.close()
 
@@ -539,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--parent", help="the experiment it starts from (default: the one `fleetlab checkout` copied, "
                                      "else the incumbent)")
     sp.add_argument("--agent", metavar="NAME", help="who made it (results and notes filter by it)")
+    sp.add_argument("--no-prune", action="store_true", help="never stop its runs early")
+
+    sp = add("confirm", cmd_confirm, "re-run the baseline and the incumbent interleaved: the confirmed, paired gain")
+    sp.add_argument("--pairs", type=int, help="runs of each (default: [validity] replicates)")
+    sp.add_argument("--fleet", help="where to run them (default: the project's fleet)")
+    sp.add_argument("-q", "--quiet", action="store_true")
 
     sp = add("wait", cmd_wait, "wait until experiments finish", json_=True)
     sp.add_argument("ids", nargs="*")

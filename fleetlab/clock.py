@@ -12,7 +12,7 @@ import time
 
 
 class RealClock:
-    virtual = False  # every clock says which it is: the loop batches writes and skips sleeps on a virtual one
+    virtual = False
 
     def __init__(self, poll_interval: float = 0.05):
         self.poll_interval = poll_interval

@@ -33,6 +33,7 @@ class RunOptions:
     dry_run: bool = False
     surface: str | None = None
     prune: bool | None = None  # None: [prune] enabled (default on)
+    confirm: str | None = "end"  # the final confirmation: "end" (before stopping), "only" (`fleetlab confirm`), None
     backfill: str | None = None  # a strategy for workers that would otherwise idle (strategies/backfill.py)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     executor_options: dict[str, Any] = field(default_factory=dict)
@@ -126,7 +127,7 @@ def build_scheduler(project, store, executor, opts: RunOptions, *, tag: str, str
         stop_rule = StopRule.from_options(project, opts.min_gain_per_gpu_hour)
     sched = Scheduler(project, store, executor, strategy, executor.clock, tag=tag, limits=limits, keep_rule=keep_rule,
                       lookahead=opts.lookahead, pruner=pruner, on_event=on_event, seed=seed, stop_rule=stop_rule,
-                      git=git, export_tsv=export_tsv, record_progress=record_progress)
+                      git=git, export_tsv=export_tsv, record_progress=record_progress, confirm=opts.confirm)
     sched.set_space(knob_space(project))
     return sched
 

@@ -87,6 +87,10 @@ def test_a_pooled_arm_gives_one_decision():
     assert not [p for p in s.props if p.role == "validate"]  # the arm is its own validation: no screen
     assert s.finish(arm[1], 0.95 + rng.gauss(0, 0.01)).status == "pending"
     s.finish(arm[2], 0.95 + rng.gauss(0, 0.01))
+    assert not s.others  # the baseline ran long before: first its controls, close in time
+    for p in [p for p in s.props if p.role == "control"]:
+        for _ in range(p.replicates):
+            s.run("control", "base", 1.0 + rng.gauss(0, 0.01), parent=base)
     verdicts = dict(s.others)
     assert set(verdicts) == {e.id for e in arm}  # one decision, delivered to every run of the arm
     assert verdicts[arm[0].id].status == "keep" and verdicts[arm[0].id].numbers["n"] == 3
@@ -302,3 +306,107 @@ def test_the_confirmation_pairs_baseline_and_incumbent_once():
     g = confirmed_gain(s.experiments(), base, s.inc, "minimize")
     # each pair's incumbent run comes one run later (0.01 of drift): the paired gain is 0.02 + 0.01, tightly
     assert g["n_pairs"] == 3 and g["abs"] == pytest.approx(0.03, abs=0.005) and g["ci"][1] - g["ci"][0] < 0.02
+
+
+def test_submit_no_prune_and_confirm_refusals(tmp_path):
+    """`submit --no-prune` marks its runs for the pruner to leave alone; `fleetlab confirm` refuses in one sentence
+    when there is nothing to confirm."""
+    from conftest import fleetlab_cmd
+
+    from fleetlab.api import open_project
+    from fleetlab.templates import write_template
+
+    root = write_template("mlp", tmp_path / "proj")
+    r = fleetlab_cmd("confirm", "-C", str(root))
+    assert r.returncode != 0 and "nothing to confirm" in r.stderr and "Traceback" not in r.stderr
+    fleetlab_cmd("checkout", "-C", str(root), str(tmp_path / "v"), check=True)
+    (tmp_path / "v" / "train.py").write_text((tmp_path / "v" / "train.py").read_text() + "\n# a comment\n")
+    r = fleetlab_cmd("submit", "-C", str(root), "--from", str(tmp_path / "v"), "-m", "x", "--no-prune", check=True)
+    opened = open_project(root)
+    try:
+        assert opened.store.get(r.stdout.split()[0]).meta["prune"] is False
+    finally:
+        opened.close()
+    r = fleetlab_cmd("confirm", "-C", str(root), "--pairs", "1")
+    assert r.returncode != 0 and "at least 2" in r.stderr
+
+
+def test_a_session_ends_with_the_paired_confirmation(tmp_path):
+    """With `confirm="end"` the loop's last runs are the baseline and the incumbent re-run interleaved, nothing else
+    starts meanwhile, and facts' confirmed gain is their paired difference, bracketing the true gain."""
+    from test_validity import Planted, Scripted, write_project
+
+    from fleetlab.analysis.confirm import confirmed_gain
+    from fleetlab.api import knob_space
+    from fleetlab.facts import compute
+    from fleetlab.scheduler import Limits, Scheduler
+    from fleetlab.store.sqlite import SQLiteStore
+
+    surface = Planted()
+    project = write_project(surface, tmp_path / "p")
+    store, clock = SQLiteStore(project.db_path), VirtualClock()
+    ex = SimExecutor("sim:6xH100@drift=-0.004@over=3", surface, clock, setup_s=0.0)
+    sched = Scheduler(project, store, ex, Scripted(1), clock, tag="t", limits=Limits(max_hours=3.0),
+                      keep_rule=ValidityKeepRule.from_project(project), git=False, export_tsv=False, confirm="end")
+    sched.set_space(knob_space(project))
+    summary = sched.run()
+    assert summary.stop_reason.startswith("--max-hours")
+    exps = sched.experiments()
+    conf = [e for e in exps if e.role == "confirm"]
+    inc, base = sched.incumbent(), next(e for e in exps if e.role == "baseline")
+    assert len(conf) == 6 and all(e.state is State.DONE for e in conf)
+    assert {e.content_hash for e in conf} == {inc.content_hash, base.content_hash}
+    first = min(e.started_at for e in conf)
+    assert not [e for e in exps if e.role != "confirm" and (e.started_at or 0) >= first]
+    cg = compute(project, store, "t").confirmed_gain
+    assert cg == confirmed_gain(exps, base, inc) and cg["n_pairs"] == 3
+    true_gain = surface.truth({}) - ex.truth(inc.id)
+    assert true_gain > 0 and cg["ci"][0] < true_gain < cg["ci"][1]
+    store.close()
+
+
+def test_fleetlab_confirm_runs_the_confirmation_and_nothing_else(tmp_path):
+    """`fleetlab confirm` on a finished session: real mlp runs on local:2, baseline and incumbent interleaved, three
+    pairs; a variant left queued is not run; the run summary prints the confirmed gain."""
+    import time
+
+    from conftest import commit_all, fleetlab_cmd, set_budget
+
+    from fleetlab.api import open_project
+    from fleetlab.experiment import Decision
+    from fleetlab.templates import write_template
+
+    root = write_template("mlp", tmp_path / "proj")
+    set_budget(root, 1)
+    commit_all(root)
+    r = fleetlab_cmd("run", "-C", str(root), "--fleet", "local:2", "--strategy", "none", "--max-experiments", "3",
+                     timeout=240)
+    assert r.returncode == 0, r.stderr
+    ids = []
+    for i, extra in enumerate(("\nHIDDEN = 48\n", "\n# left queued\n")):
+        fleetlab_cmd("checkout", "-C", str(root), str(tmp_path / f"v{i}"), check=True)
+        train = tmp_path / f"v{i}" / "train.py"
+        train.write_text(train.read_text() + extra)
+        ids.append(fleetlab_cmd("submit", "-C", str(root), "--from", str(tmp_path / f"v{i}"), "-m", extra.strip(),
+                                check=True).stdout.split()[0])
+    opened = open_project(root)
+    store, now = opened.store, time.time()
+    tag = store.sessions()[-1]["tag"]
+    # a kept variant, recorded by hand: how a keep is reached is test_validity's business
+    store.mark_running(ids[0], "local-0", "cpu", now, {})
+    store.finish(ids[0], State.DONE, metric=0.05, finished_at=now + 1)
+    store.add_decision(ids[0], Decision("keep", "by hand"), now + 1)
+    store.set_incumbent(tag, ids[0], now + 1)
+    opened.close()
+    r = fleetlab_cmd("confirm", "-C", str(root), "--fleet", "local:2", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "confirmed gain" in r.stdout, r.stdout
+    opened = open_project(root)
+    try:
+        exps = opened.store.experiments(tag=tag)
+        conf = [e for e in exps if e.role == "confirm"]
+        assert len(conf) == 6 and all(e.state is State.DONE for e in conf)
+        assert [e.parent for e in sorted(conf, key=lambda e: e.number)] == ["exp-0001", ids[0]] * 3
+        assert opened.store.get(ids[1]).state is State.QUEUED  # not this session's business
+    finally:
+        opened.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlab.analysis._base import SessionView as View
-from fleetlab.analysis.drift import adjusted_gain, run_time
+from fleetlab.analysis.drift import adjusted_gain, clamp, run_time
 from fleetlab.experiment import Decision, Experiment, Proposal
 
 SCREEN_ROLES = ("explore", "combine")
@@ -100,7 +100,7 @@ class ArmsAndTime:
         arm = self.tl.arms.get(inc.content_hash or inc.id, {}).get(hw)
         if beta is None or t is None or arm is None or not how.startswith("same class") or "validation" in how:
             return 0.0
-        return beta * (t - arm.mt)
+        return beta * clamp(t - arm.mt, self.tl.reach(hw))
 
     def _queue_controls(self, inc: Experiment, hw: str | None, now_h: float | None, run_h: float,
                         want: int | None = None) -> None:
@@ -175,11 +175,10 @@ class ArmsAndTime:
                        window: bool = True) -> tuple[dict[str, Any], str] | str | None:
         """The candidate's validation runs on `vhw` against `inc`'s runs there, both taken to the same time.
 
-        While no trend is seen on the class, every run of the incumbent's arm there counts (after waiting for a
-        control on its way when none is close in time: without one, no drift could have been seen). Once one is,
-        only those close in time to the validation runs (within two run lengths, or the validation runs' own span) count, and the
-        class's trend moves what is left of their time difference; "wait" when too few are in and controls are on
-        their way (or were just asked for). None: fewer than two runs a side (the per-class statistics decide)."""
+        Only the incumbent's runs close in time to the validation runs count (within two run lengths, or the
+        validation runs' own span): "wait" while fewer than two are in and controls are on their way (R are asked
+        for once); every run of its arm only when they never come. Once a trend is seen on the class, it moves what
+        is left of their time difference. None: fewer than two runs a side (the per-class statistics decide)."""
         cand = self.tl.runs(p.key + VAL, vhw)
         ikey = inc.content_hash or inc.id
         runs = self.tl.runs(ikey, vhw)
@@ -190,20 +189,19 @@ class ArmsAndTime:
         lo, hi = min(t for t, _ in cand), max(t for t, _ in cand)
         w = max(hi - lo, 2 * p.run_h)
         local = [r for r in runs if lo - w <= r[0] <= hi + w]
-        if seen is None and window and not local and not force and self._ctl.get(ikey, 0) > 0:
-            return "wait"  # no trend seen, but none could be: the control on its way is the first run in between
-        if seen is not None and window:
+        if window:  # a trend too small to be seen can still be as large as the gain: close in time, always
             if len(local) >= 2:
                 runs, how = local, "same class, controls close in time"
-            elif not force and (self._ctl.get(ikey, 0) > 0 or not p.asked):
-                if not p.asked:
-                    p.asked = True
-                    self._queue_controls(inc, vhw, hi, p.run_h, want=self.replicates)
+            elif not p.asked:  # asked even when forced: the controls' arrival retries the verdict
+                p.asked = True
+                self._queue_controls(inc, vhw, hi, p.run_h, want=self.replicates)
+                return "wait"
+            elif not force and self._ctl.get(ikey, 0) > 0:
                 return "wait"
         if seen is not None:
             how += ", drift-adjusted"
         r = adjusted_gain(cand, runs, goal, self.tl.trend(vhw) if seen is not None else None,
-                          self.meas.sigma(vhw), self.meas.df(vhw))
+                          self.meas.sigma(vhw), self.meas.df(vhw), reach=self.tl.reach(vhw))
         return (r, how) if r.get("gain") is not None else None
 
     def confirmation(self, view: View, pairs: int | None = None) -> list[Proposal]:

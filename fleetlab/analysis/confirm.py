@@ -20,10 +20,11 @@ def confirmation(view: Any, pairs: int = 3) -> list[Proposal]:
     """The confirmation a session's view asks for: its first baseline and its incumbent, `pairs` of each; nothing
     when the incumbent is still the baseline's code (or a confirmation of these two is in the session already)."""
     inc = view.incumbent()
-    tag = getattr(view, "tag", None)
-    exps = [e for e in view.experiments() if tag is None or e.tag == tag]
+    if inc is None:
+        return []
+    exps = [e for e in view.experiments() if e.tag == inc.tag]  # the incumbent's session: its baseline
     base = next((e for e in exps if e.role == Role.BASELINE), None)
-    if inc is None or base is None or _code(inc) == _code(base):
+    if base is None or _code(inc) == _code(base):
         return []
     done = {e.meta.get("confirm_of") for e in exps if e.role == Role.CONFIRM}
     if base.id in done and inc.id in done:

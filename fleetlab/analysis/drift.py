@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from fleetlab.experiment import Experiment, State
 
-__all__ = ["Timeline", "run_time", "adjusted_gain", "drift_summary", "drift_warnings", "throughput"]
+__all__ = ["Timeline", "run_time", "adjusted_gain", "clamp", "drift_summary", "drift_warnings", "throughput"]
 
 DRIFT_ROLES = ("baseline", "replicate", "validate", "control", "confirm")
 
@@ -53,11 +53,12 @@ def throughput(exp: Experiment) -> float | None:
 class _Arm:
     """Bivariate running moments of (t, y) of one arm on one class."""
 
-    __slots__ = ("n", "mt", "my", "ctt", "cty", "cyy", "runs")
+    __slots__ = ("n", "mt", "my", "ctt", "cty", "cyy", "runs", "lo", "hi")
 
     def __init__(self) -> None:
         self.n, self.mt, self.my, self.ctt, self.cty, self.cyy = 0, 0.0, 0.0, 0.0, 0.0, 0.0
         self.runs: list[tuple[float, float]] = []
+        self.lo, self.hi = float("inf"), float("-inf")
 
     def add(self, t: float, y: float) -> None:
         self.n += 1
@@ -68,6 +69,7 @@ class _Arm:
         self.cty += dt * (y - self.my)
         self.cyy += dy * (y - self.my)
         self.runs.append((t, y))
+        self.lo, self.hi = min(self.lo, t), max(self.hi, t)
 
 
 class Timeline:
@@ -76,6 +78,7 @@ class Timeline:
     def __init__(self) -> None:
         self.arms: dict[str, dict[str, _Arm]] = {}
         self._tot: dict[str, list[float]] = {}  # class -> [Σ C_tt, Σ C_ty, Σ C_yy, Σ (n − 1)]
+        self._reach: dict[str, float] = {}  # class -> the longest time one arm's runs there span
 
     def add(self, key: str, hardware: str, t: float, y: float) -> None:
         a = self.arms.setdefault(key, {}).setdefault(hardware, _Arm())
@@ -87,6 +90,7 @@ class Timeline:
         tot[2] += a.cyy - before[2]
         if a.n > 1:
             tot[3] += 1
+            self._reach[hardware] = max(self._reach.get(hardware, 0.0), a.hi - a.lo)
 
     def runs(self, key: str, hardware: str) -> list[tuple[float, float]]:
         a = self.arms.get(key, {}).get(hardware)
@@ -104,18 +108,38 @@ class Timeline:
         return beta, sigma / math.sqrt(ctt), sigma, dof
 
     def seen(self, hardware: str, z: float = 2.5) -> float | None:
-        """β on the class when it differs from zero by more than z standard errors, else None."""
+        """β on the class when it differs from zero by more than z standard errors (more on few degrees of
+        freedom: Student's 99.5 % point), else None."""
         tr = self.trend(hardware)
-        if tr is None or tr[1] <= 0 or abs(tr[0]) < z * tr[1]:
+        if tr is None or tr[1] <= 0 or abs(tr[0]) < max(z, _t995(tr[3])) * tr[1]:
             return None
         return tr[0]
 
+    def reach(self, hardware: str) -> float:
+        """The longest span of time (hours) one arm's runs cover on the class: how far the trend was seen to hold.
+        Shifts are taken over at most this much time (a slope seen within minutes says nothing about an hour)."""
+        return self._reach.get(hardware, 0.0)
+
+
+def _t995(df: int, _cache: dict[int, float] = {}) -> float:
+    if df not in _cache:
+        from scipy import stats
+
+        _cache[df] = float(stats.t.ppf(0.995, max(1, df)))
+    return _cache[df]
+
+
+def clamp(dt: float, reach: float | None) -> float:
+    """A time difference limited to ±reach (None: unlimited)."""
+    return dt if reach is None else max(-reach, min(reach, dt))
+
 
 def adjusted_gain(cand: list[tuple[float, float]], inc: list[tuple[float, float]], goal: str,
-                  trend: tuple[float, float, float, int] | None, sigma: float | None, df: int) -> dict[str, Any]:
+                  trend: tuple[float, float, float, int] | None, sigma: float | None, df: int,
+                  reach: float | None = None) -> dict[str, Any]:
     """The candidate's gain over the incumbent (positive: better, for either goal), both taken to the same time by
-    the class's trend, with its one-sided test. `cand` and `inc` are (t, y) runs; σ and df are the class's noise
-    floor (the trend's residual σ when the trend rests on more degrees of freedom)."""
+    the class's trend (over at most `reach` hours), with its one-sided test. `cand` and `inc` are (t, y) runs; σ
+    and df are the class's noise floor (the trend's residual σ when the trend rests on more degrees of freedom)."""
     from scipy import stats
 
     n_c, n_i = len(cand), len(inc)
@@ -133,8 +157,9 @@ def adjusted_gain(cand: list[tuple[float, float]], inc: list[tuple[float, float]
         se, dof = math.sqrt(var), max(1, min(n_c, n_i) - 1)
     else:
         se, dof = sigma * math.sqrt(1.0 / n_c + 1.0 / n_i), df
-    shift = beta * (tc - ti)  # how much the trend alone moves the candidate's mean against the incumbent's
-    se = math.sqrt(se * se + (beta_se * (tc - ti)) ** 2)
+    dt = clamp(tc - ti, reach)
+    shift = beta * dt  # how much the trend alone moves the candidate's mean against the incumbent's
+    se = math.sqrt(se * se + (beta_se * dt) ** 2)
     diff = (yi - (yc - shift)) if goal == "minimize" else ((yc - shift) - yi)
     t = diff / se if se > 0 else (math.inf if diff > 0 else -math.inf if diff < 0 else 0.0)
     p = float(stats.t.sf(t, dof)) if se > 0 else (0.0 if diff > 0 else 1.0)

@@ -144,7 +144,8 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
         project = Project.load(write_project(surface, Path(tmp)))
         store = SQLiteStore(":memory:")
         clock = VirtualClock()
-        executor = SimExecutor(fleet_spec, surface, clock, setup_s=setup_s, progress=prune, wake_on_progress=prune)
+        executor = SimExecutor(fleet_spec, surface, clock, setup_s=setup_s, progress=prune, wake_on_progress=prune,
+                               session_s=hours * 3600.0)  # `@drift=D` spreads over the session's hours
         opts = RunOptions(fleet=fleet_spec, strategy=strategy, seed=seed, max_hours=hours, prune=prune,
                           strategy_options=dict(strategy_options or {}))
         strat = make_session_strategy(project, opts)
@@ -165,6 +166,9 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
         from fleetlab.analysis.hardware import bench_estimates
 
         record.update(bench_estimates(exps, executor.workers()))  # noise_sigma_est, hardware_effects_est (issue 6)
+        ran = [str(e.role) for e in exps if e.state.is_final and e.state is not State.CANCELLED]
+        for role in ("control", "confirm"):  # what like-with-like comparisons cost: a share of the runs
+            record[f"{role}_share"] = round(ran.count(role) / max(1, len(ran)), 4)
         store.close()
     record.update(surface=surface_name or getattr(surface, "name", type(surface).__name__), fleet=fleet,
                   strategy=strategy, seed=seed, wall_s=round(wall_s, 2),
