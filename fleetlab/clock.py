@@ -12,7 +12,7 @@ import time
 
 
 class RealClock:
-    virtual = False
+    virtual = False  # every clock says which it is: the loop batches writes and skips sleeps on a virtual one
 
     def __init__(self, poll_interval: float = 0.05):
         self.poll_interval = poll_interval

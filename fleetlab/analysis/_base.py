@@ -86,6 +86,11 @@ class KeepRule(abc.ABC):
         """Runs the rule wants now, not tied to one result. Each is handed out once: the loop queues every one."""
         return []
 
+    def confirmation(self, view: SessionView) -> list[Proposal]:
+        """The runs that confirm the session's headline at its end (role "confirm": the baseline's and the
+        incumbent's code re-run interleaved, so the gain is a paired figure); none by default."""
+        return []
+
     def tier_of(self, worker: Worker) -> str | None:
         """The tier ("screen" / "validate") a worker without a configured one serves; None: any."""
         return None

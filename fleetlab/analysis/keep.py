@@ -10,9 +10,7 @@ from __future__ import annotations
 from fleetlab.analysis._base import KeepRule, SessionView, Verdict
 from fleetlab.experiment import Decision, Experiment, State, better
 
-View = SessionView  # the name rules used before the view had its own contract
-
-__all__ = ["KeepRule", "SimpleKeepRule", "Verdict", "View"]
+__all__ = ["KeepRule", "SimpleKeepRule", "Verdict"]
 
 
 class SimpleKeepRule(KeepRule):
