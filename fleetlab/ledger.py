@@ -203,7 +203,7 @@ class Ledger:
         target = (decision.numbers or {}).get("incumbent_id")
         return self.get(target) if target else exp
 
-    # == the session and its books ======================================================================================
+    # == the session and its books =====================================================================================
     def open_session(self, now: float, **fields: Any) -> None:
         """Create the session record (`fields`: what it runs on) or mark it running again, and open its books."""
         session = self.store.session(self.tag)

@@ -23,6 +23,7 @@ from fleetlab.analysis._base import KeepRule, Pruner, StopRule, Verdict
 from fleetlab.analysis.keep import SimpleKeepRule
 from fleetlab.clock import RealClock
 from fleetlab.collect import classify, log_tail, parse_progress
+from fleetlab.confirming import Confirmation
 from fleetlab.asking import Asking
 from fleetlab.errors import ExecutorError, FleetlabError, SetupFailed
 from fleetlab.experiment import Decision, Experiment, Role, RunSpec, State, Worker, better
@@ -92,10 +93,7 @@ class Scheduler:
         self._due_at: float | None = None  # virtual clock: the event time the loop last waited for
         self._pulled = 0  # the newest experiment number `_pull_submissions` has read
         self._handles: list[Handle] | None = None  # handles of the running experiments (rebuilt when they change)
-        # the final confirmation (analysis.confirm): "end" runs it before the session stops, "only" runs nothing else
-        self.confirm = confirm
-        self._confirming: str | None = None  # why the session ends, once its confirmation runs are queued
-        self._confirm_asked = False  # queued one run length before the time limit (`_confirm_early`)
+        self.confirmation = Confirmation(self, confirm)  # "end": before the session stops; "only": nothing else
 
     # == what callers read (rules and strategies get `self.view`) ===================================================
     def experiments(self) -> list[Experiment]:
@@ -161,12 +159,12 @@ class Scheduler:
         """One turn of the loop; returns why the session ends, or None to go on."""
         self._collect()
         self._pull_submissions()
-        if self._confirming is not None:
-            return self._confirm_step()
+        if self.confirmation.why is not None:
+            return self.confirmation.step()
         why = self._check_limits() or self._baseline_failed()
         if why:
-            return self._ending(why)
-        self._confirm_early()
+            return self.confirmation.ending(why)
+        self.confirmation.early()
         self._receive()
         self._dispatch()
         self.asking.ask()
@@ -176,48 +174,10 @@ class Scheduler:
         if self.limits.max_experiments and self.ledger.added >= self.limits.max_experiments:
             self.asking.draining = True
         if self._exhausted():
-            return self._ending(f"--max-experiments {self.limits.max_experiments} done" if self.asking.draining
-                                and self.limits.max_experiments else "the strategy has nothing more to propose")
+            return self.confirmation.ending(f"--max-experiments {self.limits.max_experiments} done"
+                                            if self.asking.draining and self.limits.max_experiments
+                                            else "the strategy has nothing more to propose")
         return None
-
-    # == the final confirmation ======================================================================================
-    def _ending(self, why: str) -> str | None:
-        """The session ends for `why`; first, with `confirm="end"`, the baseline and the incumbent are re-run
-        interleaved (the keep rule's `confirmation`), so the headline gain is a paired figure measured under one set of
-        conditions. Not after a failure (nothing to trust) or at --max-cost (a spending cap is a promise)."""
-        if self.confirm != "end" or self._stop_reason or why.startswith(("the baseline", "--max-cost")):
-            return why
-        self._queue_confirmation()  # nothing when the incumbent's was queued early, or is the baseline's code
-        self._confirming = why
-        self.asking.draining = True
-        return self._confirm_step()
-
-    def _confirm_early(self) -> None:
-        """With a time limit, the confirmation is queued one run length before it: its runs start while the rest of
-        the fleet still works and the session ends about on time (after the limit, a wide fleet idled through it)."""
-        if self.confirm != "end" or self._confirm_asked or not self.limits.max_hours:
-            return
-        lengths = [e.runtime_s for e in self.ledger.order[-512:] if e.runtime_s and e.tag == self.tag][-16:]
-        # a run length and a little: a worker must come free first
-        if lengths and self.limits.max_hours * 3600 - self.accounting(busy=False)["elapsed_s"] <= 1.2 * max(lengths):
-            self._confirm_asked = True
-            self._queue_confirmation()
-
-    def _queue_confirmation(self) -> None:
-        props = self.keep_rule.confirmation(self.view) if hasattr(self.keep_rule, "confirmation") else []
-        if props:
-            self.asking.accept(props)
-            self.emit("confirming", runs=len(props))
-
-    def _confirm_step(self) -> str | None:
-        """While confirming, only confirmation runs start; the session ends when none is queued or running."""
-        queue = [e for e in self.ledger.queue if e.role == Role.CONFIRM]
-        for exp, worker in self.pool.place(queue):
-            self.ledger.queue.remove(exp)
-            self._start_run(exp, worker)
-        if queue or any(r.exp.role == Role.CONFIRM for r in self.ledger.running.values()):
-            return None
-        return self._confirming
 
     def _receive(self) -> None:
         self._stop_reason = self.asking.receive() or self._stop_reason
@@ -249,8 +209,8 @@ class Scheduler:
         resume.reconcile_branch()
         if self.ledger.incumbent is None and not any(e.role == Role.BASELINE for e in self.ledger.mine()):
             self.asking.baseline(resume.previous_incumbent())
-        if self.confirm == "only":  # `fleetlab confirm`: the confirmation runs queued for this session, nothing else
-            self._confirming = "the confirmation is done"
+        if self.confirmation.mode == "only":  # `fleetlab confirm`: the confirmation queued for it, nothing else
+            self.confirmation.why = "the confirmation is done"
         self.emit("started", tag=self.tag, workers=self.pool.workers, resumed=bool(self.ledger.mine()))
 
     # == dispatch ====================================================================================================
