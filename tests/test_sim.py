@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetlab.bench.autoresearch import STARTUP_S
 from fleetlab.bench.surfaces import NoisyBowl, Quadratic, load_surface
 from fleetlab.clock import VirtualClock
 from fleetlab.errors import ConfigError, ExecutorError
@@ -157,7 +158,7 @@ def test_progress_lines_arrive_when_their_time_has_come():
         for u in ex.poll([h]):
             seen.append((clock.now(), u))
     progress = [(t, u) for t, u in seen if not u.finished]
-    assert len(progress) == 9 and progress[0][0] == pytest.approx(15 + 30)
+    assert len(progress) == 9 and progress[0][0] == pytest.approx(STARTUP_S + 30)
     first = progress[0][1].lines[0]
     assert first.startswith("fleetlab: step=") and "elapsed=30.0" in first
     assert int(first.split("step=")[1].split()[0]) == pytest.approx(1449 * 30 / 300, abs=1)
@@ -169,10 +170,10 @@ def test_progress_lines_without_waking_arrive_with_the_next_poll():
     clock = VirtualClock()
     ex = SimExecutor("sim:1xH100", load_surface("autoresearch"), clock, setup_s=0.0)
     h = ex.submit(spec("exp-0001", "", seed=1), ex.workers()[0])
-    assert ex.next_event_at() == pytest.approx(323.0)
+    assert ex.next_event_at() == pytest.approx(STARTUP_S + 300 + 8.0)  # start-up, the budget, evaluation
     clock.wait(100.0)
     (u,) = ex.poll([h])
-    assert not u.finished and len(u.lines) == 2  # elapsed 30 and 60 s of training have passed (15 s start-up)
+    assert not u.finished and len(u.lines) == 2  # elapsed 30 and 60 s of training have passed (after start-up)
 
 
 def test_busy_worker_and_unparsable_file():

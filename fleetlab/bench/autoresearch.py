@@ -119,7 +119,8 @@ MEMORY_GB: dict[str, float] = {"H100": 79.0, "H200": 139.0, "A100": 79.0}       
 
 SEQ_LEN = 2048
 TIME_BUDGET = 300.0
-STARTUP_S = 15.0          # process start, data loader, torch.compile
+STARTUP_S = 18.0          # process start, data loader, torch.compile: with EVAL_S, the original's overhead per run
+                          # (total_seconds - training_seconds of program.md's example run)
 EVAL_S = 8.0              # evaluate_bpb at width 512 on an H100; scales with the cost per token
 TOK_MS_F0 = 120.0         # ms per 2**18 tokens that depends on neither width nor depth (embeddings, logits, loader)
 TOK_MS_A1 = 50.0          # ... per 8 layers, growing with width (element-wise, memory-bound work)

@@ -176,6 +176,13 @@ def run_one(surface: Any, fleet: str, strategy: str, seed: int, hours: float, ta
     return {k: record[k] for k in RECORD_FIELDS} | {k: v for k, v in record.items() if k not in RECORD_FIELDS}
 
 
+def _training_share(finished: list[Experiment], busy_s: float) -> float | None:
+    """Training seconds the runs printed / busy worker-seconds: what utilization hides (start-up, evaluation, crashes)."""
+    seconds = [e.extras.get("training_seconds") for e in finished]
+    trained = sum(float(s) for s in seconds if s is not None)
+    return round(trained / busy_s, 4) if busy_s > 0 and any(s is not None for s in seconds) else None
+
+
 def _record(surface, executor, exps: list[Experiment], trace: _Trace, summary, end: float, hours: float,
             target: float | None) -> dict[str, Any]:
     goal = getattr(surface, "goal", "minimize")
@@ -227,6 +234,7 @@ def _record(surface, executor, exps: list[Experiment], trace: _Trace, summary, e
         "optimum_on_fleet": on_fleet,
         "stop_reason": summary.stop_reason,
         "scheduler_utilization": round(summary.utilization, 4),
+        "training_share": _training_share(finished, executor.busy_seconds(end)),
         "trajectory": trajectory,
     }
 
