@@ -114,6 +114,7 @@ def _print_summary(console, opened, summary) -> None:
 
 def cmd_run(a) -> int:
     import signal
+    import threading
 
     from fleetlab.api import open_project
     from fleetlab.project import Project, find_root
@@ -131,7 +132,9 @@ def cmd_run(a) -> int:
         print(f"serving in the background (pid {pid}); log: {log}; stop it with `fleetlab stop`")
         return 0
     # a shell's `&` starts background jobs with SIGINT ignored: Ctrl-C and `kill -INT` must still stop cleanly
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # (only the main thread may set handlers; a library caller running us in a thread keeps its own)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     server = None
     try:
         if a.serve:
@@ -206,7 +209,7 @@ def cmd_confirm(a) -> int:
 
 
 def cmd_wait(a) -> int:
-    from fleetlab.api import experiment_record, open_project, wait
+    from fleetlab.api import open_project, records, wait
 
     opened = open_project(a.C)
     try:
@@ -218,8 +221,7 @@ def cmd_wait(a) -> int:
                                                     f"{seen['backfill_workers']}, queue depth {seen['queue_depth']}")
             return 0
         done = wait(opened.store, a.ids or None, any_=a.any, timeout=a.timeout)
-        decisions = opened.store.decisions()
-        recs = [experiment_record(e, decisions.get(e.id)) for e in done]
+        recs = records(opened, done)
         if a.json:
             _print_json(recs)
         else:

@@ -84,7 +84,10 @@ class RayHead:
             [ray, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=1",
              "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.temp_dir}",
-             f"--object-store-memory={80 * 2**20}", "--disable-usage-stats"],
+             f"--object-store-memory={80 * 2**20}", "--disable-usage-stats",
+             # ports of its own: the shared test cluster of this process may hold Ray's defaults
+             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+             f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     @property

@@ -45,6 +45,7 @@ LOG_FILE = "run.log"  # the job's output, mirrored into the run directory as it 
 POLL_INTERVAL_S = 0.5  # the scheduler polls every 50 ms; the Jobs API is asked at most this often
 NODES_INTERVAL_S = 2.0  # how often node liveness is refreshed while runs are in flight
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 30.0  # how long a submit waits for the head's job agent to come up before it counts as refused
 # Ray's error types that mean the infrastructure, not the experiment, failed
 INFRA_ERRORS = ("JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
                 "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE")
@@ -311,10 +312,18 @@ class RayExecutor(Executor):
         if (workdir / LOG_FILE).exists():  # an earlier attempt of the same experiment
             os.replace(workdir / LOG_FILE, workdir / f"{LOG_FILE}.prev")
         sid = f"fleetlab-{spec.experiment_id}-{uuid.uuid4().hex[:8]}"
-        try:
-            self._client.submit_job(**self.job_spec(spec, worker, node.id, sid))
-        except Exception as e:  # noqa: BLE001 - the SDK raises RuntimeError for every HTTP failure
-            raise ExecutorError(f"Ray refused {spec.experiment_id} on {worker.id}: {e}") from e
+        # a freshly started head (or a loaded one) answers 500 "No available agent" until its job agent is up:
+        # that is a wait, not a refusal
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                self._client.submit_job(**self.job_spec(spec, worker, node.id, sid))
+                break
+            except Exception as e:  # noqa: BLE001 - the SDK raises RuntimeError for every HTTP failure
+                if "No available agent" in str(e) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise ExecutorError(f"Ray refused {spec.experiment_id} on {worker.id}: {e}") from e
         self._jobs[sid] = _Job()
         return Handle(spec.experiment_id, worker.id, {"submission_id": sid, "node_id": node.id,
                                                       "workdir": str(workdir), "timeout_s": float(spec.timeout_s or 0),
