@@ -66,7 +66,9 @@ class _Printer:
         elif kind == "finished" and not self.quiet:
             e, d = info["exp"], info["decision"]
             color = {"keep": "green", "discard": "white", "crash": "red", "pending": "yellow"}.get(d.status, "white")
-            status = d.status if e.role == "explore" or d.status in ("keep", "crash") else e.role  # bookkeeping runs
+            # a screening run shows its decision; a measurement of known code (baseline, replicate, validation,
+            # control, confirmation) shows its role, as the results and the report do
+            status = d.status if e.role in ("explore", "combine") or d.status == "crash" else e.role
             c.print(f"{e.id} [{color}]{status:9s}[/] {e.state.value:9s} {self.metric}={fmt_metric(e.metric)} "
                     f"on {e.hardware or '-'}  {e.description[:70]}")
         elif kind == "decision" and not self.quiet:

@@ -15,8 +15,9 @@ Definitions (each used everywhere; a surface formats, it never recomputes):
 - *confirmed_gain* is the same figure from the end-of-session paired re-runs (role `confirm`) alone.
 - A row's *status* is autoresearch's: `crash` for a failed run, `keep` for every run of code that was kept (the
   baseline's, a kept variant's: screening run, replicates, validation runs, controls, duplicates), else `discard` (a
-  pending candidate is `discard` until its validation keeps it). `by_decision` counts the keep rule's own verdicts
-  (one keep per kept change), with the baseline apart.
+  pending candidate is `discard` until its validation keeps it). `by_decision` counts the keep rule's verdicts on
+  screened variants (one keep per kept change) and, apart, the measurement runs by their role (baseline, replicate,
+  validate, control, confirm), so a validation run is never counted as a discard.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ __all__ = ["Facts", "Row", "compute", "rows", "serving", "headline", "incumbent_
 
 MEASURE_ROLES = ("baseline", "replicate", "validate", "control", "confirm")  # fair draws of their code
 CONFIDENCE = 0.95
+SCREENED = ("explore", "combine")  # roles whose runs are judged as variants (keep / discard / pending)
+_ORDER = ("keep", "discard", "pending", "crash", *MEASURE_ROLES)  # how the headline lists counts
 
 
 # -- per experiment ---------------------------------------------------------------------------------------------------
@@ -196,7 +199,8 @@ class Facts:
     gain: dict[str, Any] | None
     confirmed_gain: dict[str, Any] | None
     experiments: int             # finished experiments of the session (final state, not cancelled)
-    # by_state / by_decision (baseline, keep, discard, crash, pending) / by_role: finished experiments;
+    # by_state / by_decision (keep, discard, crash, pending for screened variants; the role for measurement runs:
+    # baseline, replicate, validate, control, confirm) / by_role: finished experiments;
     # queued: this session's queued runs (plus runs a gone orchestrator left running); running: 0 unless serving
     counts: dict[str, Any]
     queue_depth: int             # queued runs of every tag: what runs next
@@ -335,7 +339,9 @@ def compute(project, store, tag: str | None = None, now: float | None = None) ->
         if not r.finished:
             continue
         states[r.state] = states.get(r.state, 0) + 1
-        verdict = "baseline" if r.role == "baseline" and r.decision == "keep" else (r.decision or r.status)
+        # a screened variant counts by its verdict; a measurement of known code (the baseline's runs, replicates,
+        # validations, controls, confirmations) by what it measured, never as a "discard"
+        verdict = (r.decision or r.status) if r.role in SCREENED or r.status == "crash" else r.role
         decisions[verdict] = decisions.get(verdict, 0) + 1
         roles[r.role] = roles.get(r.role, 0) + 1
     running = sum(e.state is State.RUNNING for e in exps)
@@ -461,7 +467,8 @@ def headline(f: Facts) -> list[str]:
     """The session in a few lines, the same on the run summary, quickstart, `status` and the report."""
     c = f.counts
     dec = c["by_decision"]
-    parts = [f"{dec.get(k, 0)} {k}" for k in ("baseline", "keep", "discard", "crash", "pending") if dec.get(k)]
+    parts = [f"{n} {k}" for k, n in sorted(dec.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER
+                                          else len(_ORDER))]
     lines = [f"session {f.tag or '-'}: {f.experiments} experiments finished"
              + (f" ({', '.join(parts)})" if parts else "")
              + (f"; {c['running']} running" if c["running"] else "")

@@ -29,7 +29,9 @@ def test_facts_have_one_definition_of_each_figure(tmp_path):
     # counts: finished = a final state but cancelled; the baseline is no keep; nothing in flight after the end
     assert f.experiments == 10
     c = f.counts
-    assert c["by_decision"] == {"baseline": 1, "keep": 1, "discard": 6, "crash": 1, "pending": 1}
+    # screened variants by verdict; the replicates and validation runs by their role, never as discards
+    assert c["by_decision"] == {"baseline": 1, "replicate": 2, "validate": 2, "keep": 1, "discard": 2, "crash": 1,
+                                "pending": 1}
     assert c["by_state"] == {"done": 8, "crash": 1, "pruned": 1}
     assert c["by_role"] == {"baseline": 1, "replicate": 2, "explore": 5, "validate": 2}
     assert c["cancelled"] == 1 and c["queued"] == 1 and c["running"] == 0 and f.queue_depth == 1
