@@ -155,6 +155,8 @@ class ArmsAndTime:
             parent, cand = view.get(p.parent), view.get(p.cand)
         except Exception:
             return d
+        if parent.content_hash and parent.content_hash == inc.content_hash:
+            return d  # the incumbent is the parent's own code (a re-run of it): the verdict above already judged that
         res = self._close_in_time(p, parent, vhw, view.goal, force=True, window=False)
         if res is None or isinstance(res, str):
             return d
