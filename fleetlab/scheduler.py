@@ -229,6 +229,8 @@ class Scheduler:
                 self.ledger.remember(exp)
 
     def _dispatch(self) -> None:
+        if not self.virtual:  # a submission that landed while the strategy was asked goes ahead of its proposals
+            self._pull_submissions()
         for exp, worker in self.pool.place(self.ledger.queue):
             self._start_run(exp, worker)
 

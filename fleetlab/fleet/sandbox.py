@@ -211,7 +211,11 @@ class Sandbox:
             return command
         steps = ['set -- --ro-bind / / --dev /dev --tmpfs /dev/shm',
                  'for d in /dev/nvidia* /dev/dri; do [ -e "$d" ] && set -- "$@" --dev-bind "$d" "$d"; done',
-                 'set -- "$@" --proc /proc --tmpfs /tmp']
+                 'set -- "$@" --proc /proc --tmpfs /tmp',
+                 # the node's Python (a virtual environment, or Ray's) may itself live under /tmp: bind it back
+                 'for p in "$(command -v python3)" "$(command -v python)" "${VIRTUAL_ENV:-}/bin/python"; do '
+                 'd=$(dirname "$(dirname "$p")"); case "$d" in /tmp/?*) [ -d "$d" ] && '
+                 'set -- "$@" --ro-bind "$d" "$d";; esac; done']
         if setup:
             steps += ['set -- "$@" --ro-bind "$PWD" "$PWD"',
                       'c="${XDG_CACHE_HOME:-$HOME/.cache}"; mkdir -p "$c"; set -- "$@" --bind "$c" "$c"',
