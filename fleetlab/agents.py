@@ -70,7 +70,9 @@ def checkout(opened, dest: str | os.PathLike, exp_id: str | None = None, force: 
         if not (dest / ORIGIN).is_file():
             raise ConfigError(f"{dest} is not an earlier checkout (no {ORIGIN}); --force replaces only those",
                               key="dir")
-    origin = resolve_id(store, exp_id) if exp_id else incumbent_id(store)
+    # before the first keep (or the baseline's first result) the baseline stands for the incumbent: same files, and
+    # the variant's parent is then the code it was really made from
+    origin = resolve_id(store, exp_id) if exp_id else (incumbent_id(store) or getattr(baseline_of(store), "id", None))
     exp = store.get(origin) if origin else None
     files = Materializer(project, store).files_of(exp)
     make_snapshot(project, dest, files)
