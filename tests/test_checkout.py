@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -171,15 +172,27 @@ def test_backfill_fills_idle_workers_and_submissions_go_first(project: Path, tmp
         assert seen["idle_workers"] + seen["backfill_workers"] >= 1
         v = tmp_path / "v"
         fl(project, "checkout", str(v))
-        edit(v, "Y = 1.0", "Y = 1.5")
+        text = (v / "train.py").read_text()  # a backfill keep may already have moved Y
+        (v / "train.py").write_text(re.sub(r"(?m)^Y = .*$", "Y = 1.234567", text))
         mine = fl(project, "submit", "--from", str(v), "-m", "mine", "--agent", "me").stdout.strip()
         fl(project, "wait", mine)
         res = results(project)
-        # submitted while backfill kept both workers busy, it started before every backfill run queued after it
+        # submitted while backfill kept both workers busy, it was launched before every backfill run queued after it
         # (after it in the store's order, the experiment number: `queued_at` is stamped before the write, so under
-        # load a submission can carry an earlier time than a proposal the loop stored before it)
-        later = [e for e in res.values() if e["backfill"] and int(e["id"][4:]) > int(mine[4:])]
-        assert all(e["started_at"] is None or e["started_at"] >= res[mine]["started_at"] for e in later)
+        # load a submission can carry an earlier time than a proposal the loop stored before it). Launch order is the
+        # handle's time, taken as the loop starts the process; a run's `started_at` is its wrapper's own first moment,
+        # which under load can come later for a run launched first in the same pass.
+        from fleetlab.project import Project
+        from fleetlab.store.sqlite import SQLiteStore
+
+        store = SQLiteStore(Project.load(project).db_path)
+        try:
+            launched = {e.id: (e.handle or {}).get("started_at") for e in store.experiments()}
+        finally:
+            store.close()
+        later = [e["id"] for e in res.values() if e["backfill"] and int(e["id"][4:]) > int(mine[4:])]
+        early = [i for i in later if launched[i] is not None and launched[i] < launched[mine]]
+        assert launched[mine] is not None and not early, (mine, early, launched)
         st = json.loads(fl(project, "status", "--json").stdout)
         assert st["serving"] and st["workers"] == 2 and st["queue_depth"] <= 1
     finally:
