@@ -8,6 +8,7 @@ session runs the confirmation queued for it and nothing else.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from fleetlab.experiment import Role
@@ -22,7 +23,10 @@ class Confirmation:
     def __init__(self, scheduler: "Scheduler", mode: str | None):
         self.s, self.mode = scheduler, mode
         self.why: str | None = None  # why the session ends, once its confirmation runs are queued
-        self.asked = False  # queued one run length before the time limit (`early`)
+        self.asked = False  # queued ahead of the time limit (`early`)
+        self.most = 16  # the most confirmation runs looked ahead for: beyond, `early` does not ask the rule
+        self._key: tuple | None = None  # (incumbent, record length) the cached `_props` were asked for
+        self._props: list = []
 
     def ending(self, why: str) -> str | None:
         """The session ends for `why`; first, with mode "end", the confirmation runs. Not after a failure (nothing to
@@ -35,14 +39,24 @@ class Confirmation:
         return self.step()
 
     def early(self) -> None:
-        """With a time limit, the confirmation is queued one run length before it: its runs start while the rest of
-        the fleet still works and the session ends about on time (after the limit, a wide fleet idled through it)."""
+        """With a time limit, the confirmation is queued as many run lengths before it as it takes rounds of the
+        fleet (a run length and a little each: a worker must come free first), so its runs start while the rest of
+        the fleet still works and the session ends about on time (after the limit, a wide fleet idled through it; on
+        two workers, three pairs take three rounds)."""
         s = self.s
         if self.mode != "end" or self.asked or not s.limits.max_hours:
             return
         lengths = [e.runtime_s for e in s.ledger.order[-512:] if e.runtime_s and e.tag == s.tag][-16:]
-        # a run length and a little: a worker must come free first
-        if lengths and s.limits.max_hours * 3600 - s.accounting(busy=False)["elapsed_s"] <= 1.2 * max(lengths):
+        if not lengths:
+            return
+        left = s.limits.max_hours * 3600 - s.accounting(busy=False)["elapsed_s"]
+        workers = max(1, len(s.pool.workers))
+        if left > 1.2 * max(lengths) * math.ceil(self.most / workers):
+            return
+        key = (s.ledger.incumbent.id if s.ledger.incumbent else None, len(s.ledger.order))
+        if key != self._key:  # what the rule would queue changes only with the incumbent and the record
+            self._key, self._props = key, s.keep_rule.confirmation(s.view)
+        if self._props and left <= 1.2 * max(lengths) * math.ceil(len(self._props) / workers):
             self.asked = True
             self.queue()
 

@@ -331,24 +331,31 @@ def test_submit_no_prune_and_confirm_refusals(tmp_path):
     assert r.returncode != 0 and "at least 2" in r.stderr
 
 
-def test_a_session_ends_with_the_paired_confirmation(tmp_path):
-    """With `confirm="end"` the loop's last runs are the baseline and the incumbent re-run interleaved, nothing else
-    starts meanwhile, and facts' confirmed gain is their paired difference, bracketing the true gain."""
+def _confirming_session(tmp_path, fleet: str, hours: float):
+    """A planted-improvement session on a simulated fleet that ends with the final confirmation."""
     from test_validity import Planted, Scripted, write_project
 
-    from fleetlab.analysis.confirm import confirmed_gain
     from fleetlab.api import knob_space
-    from fleetlab.facts import compute
     from fleetlab.scheduler import Limits, Scheduler
     from fleetlab.store.sqlite import SQLiteStore
 
     surface = Planted()
     project = write_project(surface, tmp_path / "p")
     store, clock = SQLiteStore(project.db_path), VirtualClock()
-    ex = SimExecutor("sim:6xH100@drift=-0.004@over=3", surface, clock, setup_s=0.0)
-    sched = Scheduler(project, store, ex, Scripted(1), clock, tag="t", limits=Limits(max_hours=3.0),
+    ex = SimExecutor(fleet, surface, clock, setup_s=0.0)
+    sched = Scheduler(project, store, ex, Scripted(1), clock, tag="t", limits=Limits(max_hours=hours),
                       keep_rule=ValidityKeepRule.from_project(project), git=False, export_tsv=False, confirm="end")
     sched.set_space(knob_space(project))
+    return sched, store, ex, surface, project
+
+
+def test_a_session_ends_with_the_paired_confirmation(tmp_path):
+    """With `confirm="end"` the loop's last runs are the baseline and the incumbent re-run interleaved, nothing else
+    starts meanwhile, and facts' confirmed gain is their paired difference, bracketing the true gain."""
+    from fleetlab.analysis.confirm import confirmed_gain
+    from fleetlab.facts import compute
+
+    sched, store, ex, surface, project = _confirming_session(tmp_path, "sim:6xH100@drift=-0.004@over=3", 3.0)
     summary = sched.run()
     assert summary.stop_reason.startswith("--max-hours")
     exps = sched.experiments()
@@ -410,3 +417,17 @@ def test_fleetlab_confirm_runs_the_confirmation_and_nothing_else(tmp_path):
         assert opened.store.get(ids[1]).state is State.QUEUED  # not this session's business
     finally:
         opened.close()
+
+
+def test_on_a_small_fleet_the_confirmation_is_queued_early_enough_to_end_near_the_limit(tmp_path):
+    """Three pairs on two workers take three rounds: queued a run length before the limit, they ran two run lengths
+    past it. Queued as many run lengths ahead as they take rounds, the session ends within a run length of it."""
+    sched, store, *_ = _confirming_session(tmp_path, "sim:2xH100", 2.0)
+    sched.run()
+    exps = sched.experiments()
+    conf = [e for e in exps if e.role == "confirm"]
+    assert len(conf) == 6 and all(e.state is State.DONE for e in conf)
+    run_s = max(e.runtime_s for e in exps if e.runtime_s)
+    over = max(e.finished_at for e in conf) - (sched.ledger.started_at + 2.0 * 3600)
+    assert over <= run_s, (over, run_s)
+    store.close()
