@@ -49,7 +49,7 @@ def example_edits(project: Project, limit: int = 2) -> list[tuple[str, str, str]
             continue
         old, new = (_code(x) for x in changed[0])
         if source.count(old) == 1 and "'" not in old + new and all(old != o for o, _, _ in out):
-            out.append((old, new, f"{k} {v!r} -> {new_value!r}"))
+            out.append((old, new, f"{k} = {new_value!r}"))
         if len(out) == limit:
             break
     return out
@@ -68,9 +68,12 @@ def _code(line: str) -> str:
 def _edit_command(project: Project, d: str, edit: tuple[str, str, str] | None) -> tuple[str, str]:
     if edit is None:
         return f"true  # edit {d}/{project.editable[0]} with your editor", "describe your change here"
+    # sets the knob whatever its value is now: the checkout is the incumbent, which may have moved it since the
+    # guide was written (a literal replace of the old line would silently change nothing)
     old, new, desc = edit
-    return (f"python -c \"import pathlib; p = pathlib.Path('{d}/{project.knob_file}'); "
-            f"p.write_text(p.read_text().replace('{old}', '{new}', 1))\""), desc
+    name, value = old.split("=", 1)[0].strip(), new.split("=", 1)[1].strip()
+    return (f"python -c \"import pathlib, re; p = pathlib.Path('{d}/{project.knob_file}'); "
+            f"p.write_text(re.sub(r'(?m)^({name} *= *)\\S+', r'\\g<1>{value}', p.read_text(), count=1))\""), desc
 
 
 def render_agent_guide(project: Project, agent: str = "agent1") -> str:

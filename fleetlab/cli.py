@@ -288,17 +288,22 @@ def cmd_results(a) -> int:
         if a.json:
             _print_json(recs)
             return 0
+        from rich import box
         from rich.table import Table
 
-        t = Table(title=f"{opened.project.metric} ({opened.project.goal})")
-        for col in ("id", opened.project.metric, "status", "role", "state", "hw", "strategy", "description"):
-            t.add_column(col)
+        # one line per experiment at any terminal width: the description is cut with an ellipsis, never wrapped
+        t = Table(title=f"{opened.project.metric} ({opened.project.goal})", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("id", opened.project.metric, "status", "role", "hw", "strategy"):
+            t.add_column(col, no_wrap=True, max_width=18 if col == "strategy" else None, overflow="ellipsis")
+        t.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
         for r in recs:
             color = {"keep": "green", "crash": "red"}.get(r["status"] or "", "")
             status = r["status"] or r["state"]  # queued / running / cancelled: no result yet
+            if r["status"] and r["state"] not in ("done", r["status"]):
+                status += f" ({r['state']})"  # how it ended when that is not plain: pruned, timeout, no_metric
             t.add_row(r["id"], fmt_metric(r["metric"]) + ("*" if r.get("metric_observed") else ""),
-                      f"[{color}]{status}[/]" if color else status, r["role"], r["state"], r["hardware"] or "-",
-                      r["strategy"], r["description"][:70])
+                      f"[{color}]{status}[/]" if color else status, r["role"], r["hardware"] or "-",
+                      r["strategy"], r["description"])
         if any(r.get("metric_observed") for r in recs):
             t.caption = "* the last value a pruned run showed"
         _console().print(t)
