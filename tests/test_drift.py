@@ -259,6 +259,34 @@ def test_drift_warnings_say_when_throughput_moved_beyond_its_noise():
     assert drift_warnings(steady, "minimize", baseline_id="exp-0001") == []
 
 
+def test_a_step_in_throughput_is_seen_where_a_line_misses_it_and_noise_is_not():
+    """The drift_real "before" session: two baseline runs under load (31, 34 steps), then the load stopped (49, 49,
+    47, 47). A line through six such points leaves residuals as large as the move; the two-level fit sees the step.
+    Steady series of the same length and noise warn rarely (the split is chosen after looking: its threshold pays
+    for that)."""
+    def arm(steps, metrics):
+        return [Experiment(format_id(i + 1), "t", "b", State.DONE, role="baseline" if i < 3 else "control",
+                           content_hash="base", metric=m, hardware="cpu", started_at=t, finished_at=t + 30,
+                           extras={"num_steps": n})
+                for i, (t, n, m) in enumerate(zip((0, 0, 28, 160, 211, 213), steps, metrics))]
+
+    from fleetlab.analysis.drift import _slope
+
+    steps = [31, 34, 49, 49, 47, 47]
+    exps = arm(steps, [2.715, 2.679, 2.527, 2.520, 2.547, 2.548])
+    b, se, sd = _slope([(e.started_at, e.extras["num_steps"]) for e in exps])
+    assert abs(b * 213) < 2.5 * se * 213  # the line alone does not call it
+    warn = drift_warnings(exps, "minimize", baseline_id="exp-0001")
+    assert any(w.startswith("throughput drifted") and "in a step" in w for w in warn), warn
+    assert any(w.startswith("metric drifted") and "better" in w for w in warn), warn
+    rng = random.Random(11)
+    alarms = sum(bool(drift_warnings(arm([40 + rng.gauss(0, 1.5) for _ in range(6)],
+                                         [2.55 + rng.gauss(0, 0.02) for _ in range(6)]), "minimize",
+                                     baseline_id="exp-0001"))
+                 for _ in range(200))
+    assert alarms <= 10, alarms  # two tests (metric, throughput) at about 1 % each, plus the line's
+
+
 def test_a_control_every_n_screens_follows_drift_nothing_else_reveals():
     """The machine slows down after the baseline: every screen looks worse, none is promoted, so no validation
     asks for controls. A control after `control_every` screens still re-measures the incumbent; once the trend is

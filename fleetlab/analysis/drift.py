@@ -197,14 +197,66 @@ def _slope(points: list[tuple[float, float]]) -> tuple[float, float, float] | No
     return b, sd / math.sqrt(ctt), sd
 
 
+def _step(points: list[tuple[float, float]]) -> tuple[float, float, float, int, float] | None:
+    """The strongest split of the time-ordered points into two levels: (later mean − earlier mean, its standard
+    error, the pooled within-level sd, the number of candidate splits, the earlier mean); None under 4 points. A
+    laptop's load starting or stopping moves throughput in a step, which a straight line fits badly: its residuals
+    swallow it."""
+    ys = [y for _, y in sorted(points)]
+    n = len(ys)
+    if n < 4:
+        return None
+    best = None
+    for k in range(2, n - 1):
+        a, b = ys[:k], ys[k:]
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        ss = sum((y - ma) ** 2 for y in a) + sum((y - mb) ** 2 for y in b)
+        sd = math.sqrt(ss / (n - 2))
+        se = sd * math.sqrt(1 / len(a) + 1 / len(b))
+        score = abs(mb - ma) / se if se > 0 else (math.inf if mb != ma else 0.0)
+        if best is None or score > best[0]:
+            best = (score, mb - ma, se, sd, ma)
+    return best[1], best[2], best[3], n - 3, best[4]
+
+
+def _moved(points: list[tuple[float, float]], level: float = 0.01
+           ) -> tuple[float, float, float, bool, str, float] | None:
+    """(change over the span, its se, noise floor, moved, kind, the level it moved from) of the line or the step
+    that explains the points better; None under 4 points. Moved: |change| exceeds the noise floor and Student's t
+    (n − 2 degrees of freedom: a handful of re-runs) is beyond the two-sided `level`; a step, the best of several
+    splits, divides `level` among the splits tried."""
+    from scipy import stats
+
+    line = _slope(points)
+    step = _step(points)
+    df = len(points) - 2
+    out = None
+    if line:
+        span = max(t for t, _ in points) - min(t for t, _ in points)
+        change, se, sd = line[0] * span, line[1] * span, line[2]
+        t0 = min(t for t, _ in points)
+        mt, my = (sum(t for t, _ in points) / len(points), sum(y for _, y in points) / len(points))
+        crit = float(stats.t.ppf(1 - level / 2, df))
+        moved = abs(change) > sd and (se == 0 or abs(change) / se > crit)
+        out = (change, se, sd, moved, "trend", my - line[0] * (mt - t0))
+    if step and (out is None or not out[3]):
+        change, se, sd, splits, start = step
+        crit = float(stats.t.ppf(1 - level / (2 * splits), df))
+        moved = abs(change) > sd and (se == 0 or abs(change) / se > crit)
+        if moved or out is None:
+            out = (change, se, sd, moved, "step", start)
+    return out
+
+
 def drift_summary(experiments: list[Experiment], goal: str = "minimize", baseline_id: str | None = None,
-                  incumbent_id: str | None = None, z: float = 2.5) -> dict[str, Any]:
+                  incumbent_id: str | None = None, level: float = 0.01) -> dict[str, Any]:
     """Trends of the baseline's and the incumbent's re-runs, per hardware class, in metric and in throughput.
 
     Returns {"arms": [{"arm": "baseline"|"incumbent", "id", "hardware", "runs", "hours", "metric": {change, se,
-    noise, moved, worse}, "throughput": {change, pct, se, noise, moved} | None}]}: `change` is the fitted line's move
-    over the runs' time span, `noise` the residual sd (the noise floor), `moved` when |change| exceeds both the
-    noise floor and z standard errors."""
+    noise, moved, kind, worse}, "throughput": {change, pct, se, noise, moved, kind} | None}]}: `change` is the move
+    over the runs' time span, of a fitted line (kind "trend") or of a step between two levels (kind "step": a load
+    that started or stopped), `noise` the residual sd (the noise floor), `moved` when |change| exceeds the noise
+    floor and is significant (see `_moved`)."""
     by_id = {e.id: e for e in experiments}
     if baseline_id is None:
         base = next((e for e in experiments if e.role == "baseline"), None)
@@ -223,23 +275,19 @@ def drift_summary(experiments: list[Experiment], goal: str = "minimize", baselin
             ts = [run_time(e) for e in runs]
             row: dict[str, Any] = {"arm": label, "id": exp.id, "hardware": hw, "runs": len(runs),
                                    "hours": (max(ts) - min(ts)) if ts else 0.0, "metric": None, "throughput": None}
-            fit = _slope([(t, float(e.metric)) for t, e in zip(ts, runs)])
+            fit = _moved([(t, float(e.metric)) for t, e in zip(ts, runs)], level)
             if fit:
-                change = fit[0] * row["hours"]
-                moved = abs(change) > max(fit[2], z * fit[1] * row["hours"])
-                worse = (change > 0) == (goal == "minimize")
-                row["metric"] = {"change": change, "se": fit[1] * row["hours"], "noise": fit[2], "moved": moved,
-                                 "worse": worse}
+                change, se, noise, moved, kind, _ = fit
+                row["metric"] = {"change": change, "se": se, "noise": noise, "moved": moved, "kind": kind,
+                                 "worse": (change > 0) == (goal == "minimize")}
             steps = [(t, throughput(e)) for t, e in zip(ts, runs)]
-            steps = [(t, s) for t, s in steps if s is not None]
-            fit = _slope(steps)
+            steps = [(t, float(s)) for t, s in steps if s is not None]
+            fit = _moved(steps, level)
             if fit:
-                span = max(t for t, _ in steps) - min(t for t, _ in steps)
-                change = fit[0] * span
+                change, se, noise, moved, kind, start = fit
                 mean = sum(s for _, s in steps) / len(steps)
-                moved = abs(change) > max(fit[2], z * fit[1] * span)
-                row["throughput"] = {"change": change, "pct": 100.0 * change / mean if mean else None,
-                                     "se": fit[1] * span, "noise": fit[2], "moved": moved, "mean": mean}
+                row["throughput"] = {"change": change, "pct": 100.0 * change / start if start else None, "se": se,
+                                     "noise": noise, "moved": moved, "kind": kind, "mean": mean, "from": start}
             rows.append(row)
     return {"arms": rows}
 
@@ -254,10 +302,14 @@ def drift_warnings(experiments: list[Experiment], goal: str = "minimize", baseli
         tp = row["throughput"]
         if tp and tp["moved"]:
             pct = f" ({tp['pct']:+.0f} %)" if tp["pct"] is not None else ""
-            out.append(f"throughput drifted: {who} moved by {tp['change']:+.4g} steps{pct} over {row['hours']:.2g} h, "
-                       f"beyond the noise floor of {tp['noise']:.3g}; the keep rule compares runs close in time")
+            how = " in a step" if tp.get("kind") == "step" else ""
+            out.append(f"throughput drifted: {who} moved by {tp['change']:+.4g} steps{pct}{how} over "
+                       f"{row['hours']:.2g} h, beyond the noise floor of {tp['noise']:.3g}; the keep rule "
+                       "compares runs close in time")
         m = row["metric"]
         if m and m["moved"]:
-            out.append(f"metric drifted: {who} moved by {m['change']:+.4g} ({'worse' if m['worse'] else 'better'}) "
-                       f"over {row['hours']:.2g} h with unchanged code, beyond the noise floor of {m['noise']:.3g}")
+            how = " in a step" if m.get("kind") == "step" else ""
+            out.append(f"metric drifted: {who} moved by {m['change']:+.4g} ({'worse' if m['worse'] else 'better'})"
+                       f"{how} over {row['hours']:.2g} h with unchanged code, beyond the noise floor of "
+                       f"{m['noise']:.3g}")
     return out
