@@ -459,3 +459,34 @@ def test_on_a_small_fleet_the_confirmation_is_queued_early_enough_to_end_near_th
     over = max(e.finished_at for e in conf) - (sched.ledger.started_at + 2.0 * 3600)
     assert over <= run_s, (over, run_s)
     store.close()
+
+
+def test_a_validation_run_stopped_with_its_session_is_run_again_not_counted_failed():
+    """Ctrl-C while a candidate is validated cancels its runs; on resume the rule is replayed. A cancelled run says
+    nothing about the code: it is replaced by one more run, and the verdict waits for R real ones (it used to count
+    as failed, and a candidate whose validation runs were all stopped was discarded)."""
+    rng = random.Random(7)
+    s = Session()
+    baseline(s, rng)
+    base = next(iter(s.exps))
+    c = s.queue("explore", "C", parent=base)
+    assert s.finish(c, 0.95).status == "pending"
+    val = [p for p in s.props if p.role == "validate"]
+    assert len(val) == 1 and val[0].replicates == 3
+    runs = [s.queue("validate", "C", parent=c.id) for _ in range(3)]
+    s.t += 60
+    stopped = runs[0].evolve(state=State.CANCELLED, started_at=s.t - 30, finished_at=s.t,
+                             description=val[0].description)
+    s.exps[stopped.id] = stopped
+    v = s.rule.judge(stopped, s)
+    assert v.decision.status == "discard" and v.decision.reason.startswith("no result")  # the run, not the candidate
+    again = [p for p in v.proposals if p.role == "validate"]
+    assert len(again) == 1 and again[0].replicates == 1 and again[0].parent == c.id
+    s.props.extend(v.proposals)
+    for e in runs[1:] + [s.queue("validate", "C", parent=c.id)]:
+        s.finish(e, 0.95 + rng.gauss(0, 0.01))
+    for p in [p for p in s.props if p.role == "control"]:
+        for _ in range(p.replicates):
+            s.run("control", "base", 1.0 + rng.gauss(0, 0.01), parent=base)
+    d = dict(s.others)[c.id]
+    assert d.status == "keep" and d.numbers["n"] == 3, d.reason

@@ -243,7 +243,10 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
             self._ctl[key] -= 1
         if exp.state is not State.DONE or exp.metric is None:
             if exp.role == "validate" and exp.parent in self._pending:
-                self._validation_ended(self._pending[exp.parent], None, view)
+                if exp.state is State.CANCELLED:  # stopped with its session: no word on the code, run it again
+                    self._queue_validation(exp.parent, exp.description, runs=1)
+                else:
+                    self._validation_ended(self._pending[exp.parent], None, view)
             first = self._arm_first.get(key)
             if exp.role in SCREEN_ROLES and first not in (None, exp.id) and first in self._pending:
                 if self._pending[first].pooled:
@@ -350,11 +353,12 @@ class ValidityKeepRule(ArmsAndTime, KeepRule):
         nums.update(validate_on=vclass or "any", replicates=self.replicates)
         return Decision("pending", f"{why}; validating with {self.replicates} runs on {vclass or 'any worker'}", nums)
 
-    def _queue_validation(self, cand: str, description: str) -> None:
-        """R validation runs of `cand`, on the validate tier when the fleet has tiers."""
+    def _queue_validation(self, cand: str, description: str, runs: int | None = None) -> None:
+        """R (or `runs`) validation runs of `cand`, on the validate tier when the fleet has tiers."""
         tier = "validate" if self.mixed or self.configured_tiers else None
-        self._outstanding += self.replicates
-        self._out.append(Proposal(description=description, parent=cand, role="validate", replicates=self.replicates,
+        n = runs or self.replicates
+        self._outstanding += n
+        self._out.append(Proposal(description=description, parent=cand, role="validate", replicates=n,
                                   tier=tier, strategy="validity"))
 
     def _validation_ended(self, p: _Pending, hw: str | None, view: View, member: bool = False) -> None:
