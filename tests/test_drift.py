@@ -67,6 +67,12 @@ class Session:
     def run(self, role, key, value, parent=None, knobs=None):
         return self.finish(self.queue(role, key, parent, knobs), value)
 
+    def run_controls(self, key, mean, rng, parent, sigma=0.01):
+        """Every control the rule asked for so far, each run once at `mean` plus noise."""
+        for p in [p for p in self.props if p.role == "control"]:
+            for _ in range(p.replicates):
+                self.run("control", key, mean + rng.gauss(0, sigma), parent=parent)
+
 
 def baseline(s, rng, n=3, sigma=0.01):
     for _ in range(n):
@@ -88,9 +94,7 @@ def test_a_pooled_arm_gives_one_decision():
     assert s.finish(arm[1], 0.95 + rng.gauss(0, 0.01)).status == "pending"
     s.finish(arm[2], 0.95 + rng.gauss(0, 0.01))
     assert not s.others  # the baseline ran long before: first its controls, close in time
-    for p in [p for p in s.props if p.role == "control"]:
-        for _ in range(p.replicates):
-            s.run("control", "base", 1.0 + rng.gauss(0, 0.01), parent=base)
+    s.run_controls("base", 1.0, rng, base)
     verdicts = dict(s.others)
     assert set(verdicts) == {e.id for e in arm}  # one decision, delivered to every run of the arm
     assert verdicts[arm[0].id].status == "keep" and verdicts[arm[0].id].numbers["n"] == 3
@@ -120,9 +124,7 @@ def test_a_screened_arm_pools_a_duplicate_into_its_validation():
     assert dup.status == "pending" and "pooled with its arm" in dup.reason
     for _ in range(3):
         s.run("validate", "Z", 0.96 + rng.gauss(0, 0.01), parent=cand.id)
-    for p in [p for p in s.props if p.role == "control"]:
-        for _ in range(p.replicates):
-            s.run("control", "base", 1.0 + rng.gauss(0, 0.01), parent=base)
+    s.run_controls("base", 1.0, rng, base)
     verdicts = dict(s.others)
     assert verdicts[cand.id].status == "keep" and verdicts[cand.id].numbers["n"] == 4  # 3 validations + the duplicate
     assert len(verdicts) == 2  # and the duplicate is answered with the arm's decision
@@ -189,9 +191,7 @@ def test_a_variant_beating_its_moved_away_parent_is_recorded_and_offered():
         s.run("replicate", "B", 0.93 + rng.gauss(0, 0.01), parent=b.id)
     for _ in range(3):
         s.run("validate", "C", 0.965 + rng.gauss(0, 0.01), parent=c.id)
-    for p in [p for p in s.props if p.role == "control"]:
-        for _ in range(p.replicates):
-            s.run("control", "B", 0.93 + rng.gauss(0, 0.01), parent=b.id)
+    s.run_controls("B", 0.93, rng, b.id)
     d = dict(s.others)[c.id]
     assert d.status == "discard"  # it does not beat the incumbent B
     imp = d.numbers["improves_parent"]
@@ -485,8 +485,6 @@ def test_a_validation_run_stopped_with_its_session_is_run_again_not_counted_fail
     s.props.extend(v.proposals)
     for e in runs[1:] + [s.queue("validate", "C", parent=c.id)]:
         s.finish(e, 0.95 + rng.gauss(0, 0.01))
-    for p in [p for p in s.props if p.role == "control"]:
-        for _ in range(p.replicates):
-            s.run("control", "base", 1.0 + rng.gauss(0, 0.01), parent=base)
+    s.run_controls("base", 1.0, rng, base)
     d = dict(s.others)[c.id]
     assert d.status == "keep" and d.numbers["n"] == 3, d.reason
