@@ -82,8 +82,8 @@ def main() -> int:
         roles: dict[str, int] = {}
         for e in exps:
             roles[str(e.role)] = roles.get(str(e.role), 0) + 1
-        keeps = [{"id": i, "reason": d.reason[:200]} for i, d in dec.items()
-                 if d.status == "keep" and i in {e.id for e in exps}]
+        screened = {e.id for e in exps if e.role in ("explore", "combine")}  # the baseline is no keep
+        keeps = [{"id": i, "reason": d.reason[:200]} for i, d in dec.items() if d.status == "keep" and i in screened]
         cg = f.confirmed_gain
         out = {
             "dir": str(base), "swing": a.swing, "load": a.load, "minutes": a.minutes,

@@ -82,6 +82,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "quantile": (_FLOAT, 0.95),
         "screen": (_BOOL, True),
         "recent": (_INT, 30),
+        "fresh": (_FLOAT, 2.0),
     },
     "stop": {
         "max_experiments": (_INT, 0),
@@ -326,6 +327,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("prune", "max_fraction"): (0, 1, True),
     ("prune", "min_history"): (1, None, True),
     ("prune", "slack"): (0, None, True),
+    ("prune", "fresh"): (0, None, True),
     ("prune", "quantile"): (0, 1, False),
     ("stop", "max_experiments"): (0, None, True),
     ("stop", "max_hours"): (0, None, True),

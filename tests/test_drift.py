@@ -151,7 +151,8 @@ def test_a_run_of_the_incumbents_or_baselines_code_is_never_pruned():
     v = View()
     for i in range(6):
         e = Experiment(format_id(i + 1), "t", "x", State.DONE, role="baseline" if i == 0 else "explore",
-                       content_hash="base" if i == 0 else f"h{i}", metric=1.0 + 0.01 * i, hardware="cpu")
+                       content_hash="base" if i == 0 else f"h{i}", metric=1.0 + 0.01 * i, hardware="cpu",
+                       started_at=0.0, finished_at=300.0)
         v.exps.append(e)
         v.curves[e.id] = [(t, e.metric + 1.0 * (1 - t / 240) + 0.05) for t in range(30, 241, 30)] + [(300, e.metric)]
     v.inc = v.exps[0]
@@ -160,7 +161,7 @@ def test_a_run_of_the_incumbents_or_baselines_code_is_never_pruned():
 
     def running(key):
         e = Experiment(format_id(len(v.exps) + 1), "t", "x", State.RUNNING, role="explore", content_hash=key,
-                       hardware="cpu")
+                       hardware="cpu", started_at=300.0)
         v.exps.append(e)
         return e
 

@@ -29,7 +29,8 @@ class View:
 
     def finished(self, final: float, late_drop: float, role="explore") -> Experiment:
         """A finished run whose curve falls linearly to `final + late_drop` at 80 % of 300 s, then to `final`."""
-        e = Experiment(format_id(len(self.exps) + 1), "t", "x", State.DONE, role=role, metric=final)
+        e = Experiment(format_id(len(self.exps) + 1), "t", "x", State.DONE, role=role, metric=final,
+                       content_hash=f"code{len(self.exps) + 1}", started_at=0.0, finished_at=300.0)  # side by side on a wide fleet: every reference is fresh
         self.exps.append(e)
         self.curves[e.id] = [(t, final + 1.0 * (1 - t / 240) + late_drop) for t in range(30, 241, 30)] + \
                             [(300, final)]
@@ -38,8 +39,9 @@ class View:
         return e
 
 
-def running(view, role="explore", meta=None) -> Experiment:
-    e = Experiment(format_id(len(view.exps) + 1), "t", "x", State.RUNNING, role=role, meta=meta or {})
+def running(view, role="explore", meta=None, started_at=300.0) -> Experiment:
+    e = Experiment(format_id(len(view.exps) + 1), "t", "x", State.RUNNING, role=role, meta=meta or {},
+                   started_at=started_at)
     view.exps.append(e)
     return e
 
@@ -73,6 +75,22 @@ def test_prunes_a_run_that_cannot_catch_up():
     assert v.inc.metric < why.bound < now
 
 
+def test_stops_only_against_an_incumbent_measured_close_in_time():
+    """The incumbent's last run ended more than `fresh` (2) run lengths before this run started: its figure may
+    be from other conditions (a load started since makes every run look worse at the same second), so nothing is
+    stopped until the incumbent is measured again; a control of its code makes the reference fresh."""
+    v = View()
+    history(v)
+    p = Pruner("minimize", 300)
+    late = running(v, started_at=300.0 + 3 * 300.0)
+    assert p.should_prune(late, curve_like(1.5, 0.05, 150), v) is None
+    ctl = Experiment(format_id(len(v.exps) + 1), "t", "x", State.DONE, role="control", metric=1.0,
+                     content_hash=v.inc.content_hash, started_at=900.0, finished_at=1200.0)
+    v.exps.append(ctl)
+    assert p.should_prune(late, curve_like(1.5, 0.05, 150), v) is not None
+    assert p.should_prune(running(v, started_at=1200.0 + 3 * 300.0), curve_like(1.5, 0.05, 150), v) is None
+
+
 def test_keeps_a_run_that_is_behind_by_less_than_history_says_runs_catch_up():
     v = View()
     history(v, late=0.05)
@@ -101,7 +119,8 @@ def test_never_early_never_late_never_a_validation_or_opted_out_run():
 def test_maximize_goal_mirrors():
     v = View(goal="maximize")
     for i in range(6):
-        e = Experiment(format_id(i + 1), "t", "x", State.DONE, metric=0.9 - 0.01 * i)
+        e = Experiment(format_id(i + 1), "t", "x", State.DONE, metric=0.9 - 0.01 * i, started_at=0.0,
+                       finished_at=300.0)
         v.exps.append(e)
         v.curves[e.id] = [(t, e.metric * t / 300) for t in range(30, 301, 30)]
     v.inc = v.exps[0]

@@ -17,6 +17,11 @@ The rule ("can it still catch up?"), checked at every progress point (elapsed t,
    screening run is promoted only if it beats the incumbent by k·σ (σ of its hardware class, as the keep rule
    measures it), so a run whose best case cannot clear that can only be discarded when it ends; it is stopped now.
 
+4. Only against a fresh reference: the incumbent's code must have run (on the run's class, else anywhere) within
+   `fresh` (2) run lengths before the run started. An older figure may come from other conditions: on a laptop whose
+   load started since, every run looks worse at the same second, and every run was stopped as unable to beat an
+   incumbent measured before the load. The keep rule's controls re-measure the incumbent; until one is in, runs go on.
+
 A run whose strategy needs its final metric whatever it is opts out (`meta["prune"] = False`): `descent`'s designed
 waves do. By design most of a wave's runs are worse than its centre; stopping them leaves a fit of the lucky ones, and
 no early-curve estimate of their finals is good enough to fit slopes at σ/2 (curves cross: the learning rates and the
@@ -68,7 +73,7 @@ class Pruner(_base.Pruner):
     def __init__(self, goal: str = "minimize", time_budget_s: float = 300.0, *, min_fraction: float = 0.2,
                  max_fraction: float = 0.9, min_history: int = 5, slack: float = 0.5, margin: float = 0.0,
                  history: int = 300, grid: int = 60, quantile: float = 0.95, screen: bool = True,
-                 recent: int = 30):
+                 recent: int = 30, fresh: float = 2.0):
         self.goal, self.budget = goal, float(time_budget_s)
         self.min_fraction, self.max_fraction = min_fraction, max_fraction
         self.min_history, self.slack, self.margin = min_history, slack, margin
@@ -81,6 +86,9 @@ class Pruner(_base.Pruner):
         self._matrix = None
         self.recent = int(recent)
         self._by_class: dict[str, list[list[float]]] = {}  # class -> its `recent` last finished curves (as _rows)
+        self.fresh = float(fresh)
+        # (code, class or None for any) -> its last finished run's (start, length)
+        self._last: dict[tuple[str, str | None], tuple[float, float]] = {}
         self._base_hash: str | None = None
         self._base_scan = 0
         self.checks = 0
@@ -108,6 +116,10 @@ class Pruner(_base.Pruner):
         if e.id in self._folded or e.state is not State.DONE or e.metric is None:
             return
         self._folded.add(e.id)
+        if e.started_at is not None and e.finished_at is not None:
+            for key in ((e.content_hash or e.id, e.hardware or "unknown"), (e.content_hash or e.id, None)):
+                if e.started_at >= self._last.get(key, (float("-inf"), 0.0))[0]:
+                    self._last[key] = (e.started_at, e.finished_at - e.started_at)
         curve = view.curve(e.id)
         if len(curve) < 2:
             return
@@ -153,6 +165,8 @@ class Pruner(_base.Pruner):
             return None
         self.checks += 1
         self._update(view)
+        if not self._fresh(exp, inc):
+            return None
         allow = self.allowance(t, exp.hardware)
         if allow is None:
             return None
@@ -169,6 +183,19 @@ class Pruner(_base.Pruner):
         beat = f"beat {inc.id} ({ref})" + (f" by the screen's {bar:.4g}" if bar else "")
         return Prune(f"at {t:.0f}s metric {m:.6g}{at}; no finished run improved more than {allow:.4g} from there, "
                      f"so it cannot {beat}", bound=self._score(best_case))
+
+    def _fresh(self, exp: Experiment, inc: Experiment) -> bool:
+        """Was the incumbent measured on this run's class within `fresh` run lengths before the run started? Its
+        reference is then what the run would be compared with; an older one may have been made under other
+        conditions (a laptop whose load started since makes every run look worse at the same second, and every
+        run was stopped as unable to beat an incumbent measured before the load)."""
+        code = inc.content_hash or inc.id
+        # its runs on this class; where it never ran here (compared hardware-normalised), its runs anywhere
+        last = self._last.get((code, exp.hardware or "unknown")) or self._last.get((code, None))
+        if last is None or exp.started_at is None:
+            return False
+        started, length = last
+        return exp.started_at - started <= (1.0 + self.fresh) * max(length, 1e-9)
 
     def _protected(self, exp: Experiment, view: Any) -> bool:
         """A run of the incumbent's or the baseline's code is a measurement of the reference itself: never stopped
@@ -201,5 +228,5 @@ class Pruner(_base.Pruner):
 def make_pruner(project: Any) -> Pruner:
     """The project's pruner: its goal and time budget, options from fleetlab.toml's `[prune]`."""
     section = project.section("prune")
-    keys = ("min_fraction", "max_fraction", "min_history", "slack", "margin", "quantile", "screen", "recent")
+    keys = ("min_fraction", "max_fraction", "min_history", "slack", "margin", "quantile", "screen", "recent", "fresh")
     return Pruner(project.goal, project.time_budget_s, **{k: section[k] for k in keys if k in section})
