@@ -17,8 +17,10 @@ from fleetlab.experiment import Experiment, Worker
 __all__ = ["FleetFacts", "WorkerPool", "PRIORITY", "priority"]
 
 # roles dispatched before exploration: they decide what is kept. Replicates first (verdicts wait on them); controls
-# and confirmations with the validation runs they are interleaved with, so both sides run under the same conditions
-PRIORITY = {"baseline": 0, "replicate": 0, "validate": 1, "control": 1, "confirm": 1, "combine": 2}
+# with the validation runs they are interleaved with, so both sides run under the same conditions. Confirmations
+# first of all: they are queued as the session nears its end, pair with each other only, and the headline waits on
+# them (behind a late keep's replicates and a pending validation, a 5-minute session ran 2.3 minutes over)
+PRIORITY = {"confirm": -1, "baseline": 0, "replicate": 0, "validate": 1, "control": 1, "combine": 2}
 SUBMITTED = 2  # then what outside agents and people submitted (`fleetlab submit`, HTTP): backfill never delays it
 OUTSIDE = "manual"  # the strategy name a submission is recorded with
 

@@ -56,3 +56,12 @@ def test_refresh_keeps_dropped_workers_out_and_busy_ids_consistent():
     assert pool.busy == {"h200-0"}  # still listed, so still busy until its run ends
     assert pool.facts().classes == {"H100"}  # the cached facts follow the new list
     assert not pool.refresh(list(current), running_on=set())
+
+
+def test_the_final_confirmation_goes_ahead_of_everything_queued_before_it():
+    """Queued as the session nears its end, the confirmation must not wait behind a late keep's replicates and a
+    pending validation (a 5-minute quickstart ran 2.3 minutes over)."""
+    pool = _pool(h100=2, h200=0)
+    queue = [_exp(1, "validate"), _exp(2, "replicate"), _exp(3), _exp(4, "confirm"), _exp(5, "confirm")]
+    placed = pool.place(queue)
+    assert [e.id for e, _ in placed] == [format_id(4), format_id(5)]
