@@ -337,6 +337,24 @@ def test_the_confirmation_pairs_baseline_and_incumbent_once():
     assert g["n_pairs"] == 3 and g["abs"] == pytest.approx(0.03, abs=0.005) and g["ci"][1] - g["ci"][0] < 0.02
 
 
+def test_a_confirmation_run_back_to_back_on_two_workers_pairs_every_run():
+    """Confirmations go first, so on two workers they run back to back and a pair's halves start on different
+    workers (b1 w0, i1 w1, b2 w1, i2 w0, ...): pairing by worker left two of three pairs; by class, in time order,
+    all three."""
+    from fleetlab.analysis.confirm import confirmed_gain
+
+    s = Session()
+    base = s.queue("baseline", "base")
+    inc = s.queue("explore", "kept", parent=base.id)
+    for n, (who, worker) in enumerate([(base, "w0"), (inc, "w1"), (base, "w1"), (inc, "w0"), (base, "w0"),
+                                       (inc, "w1")]):
+        e = s.queue("confirm", "base" if who is base else "kept", parent=who.id)
+        x = (1.0 if who is base else 0.97) + 0.001 * (n % 3)
+        s.exps[e.id] = e.evolve(state=State.DONE, metric=x, started_at=60.0 * (n // 2), worker=worker, hardware="cpu")
+    g = confirmed_gain(s.experiments(), base, inc, "minimize")
+    assert g["n_pairs"] == 3 and g["abs"] == pytest.approx(0.03, abs=0.002)
+
+
 def test_submit_no_prune_and_confirm_refusals(tmp_path):
     """`submit --no-prune` marks its runs for the pruner to leave alone; `fleetlab confirm` refuses in one sentence
     when there is nothing to confirm."""

@@ -54,7 +54,7 @@ def test_gain_is_signed_by_the_goal_and_the_confirmation_is_paired(tmp_path):
     assert f.baseline["n"] == 4 and f.baseline["mean"] == pytest.approx(0.915)
     assert f.incumbent["n"] == 4 and f.incumbent["mean"] == pytest.approx(0.955)
     assert f.gain["abs"] == pytest.approx(0.04) and f.gain["pct"] == pytest.approx(100 * 0.04 / 0.915)
-    cg = f.confirmed_gain  # pairs on one worker each (w1: 0.91/0.94, w0: 0.93/0.98)
+    cg = f.confirmed_gain  # pairs in time order on the class: 0.91/0.94, 0.93/0.98
     assert cg["abs"] == pytest.approx(0.04) and (cg["baseline_n"], cg["incumbent_n"]) == (2, 2)
     assert cg["ci"][0] < cg["abs"] < cg["ci"][1]
 

@@ -2,8 +2,9 @@
 interval, the headline figure (facts.confirmed_gain).
 
 Pairs are formed in time order: the i-th confirm run of the baseline's code with the i-th of the incumbent's, on the
-same worker when the runs say which (one worker's conditions for both halves of a pair). A pair's difference cancels
-whatever drifted between pairs; the interval is Student's t on the pairs' differences.
+same hardware class (one class's conditions for both halves of a pair; pairing by worker left runs unpaired when the
+two halves of a pair started on different workers, as they do when the confirmation runs back to back). A pair's
+difference cancels whatever drifted between pairs; the interval is Student's t on the pairs' differences.
 """
 
 from __future__ import annotations
@@ -63,25 +64,21 @@ def confirmed_gain(experiments: list[Experiment], baseline: Experiment | dict[st
         return None
     runs = [e for e in experiments if e.role == Role.CONFIRM and e.state is State.DONE and e.metric is not None]
     runs.sort(key=lambda e: (e.started_at or e.finished_at or 0.0, e.id))
-    by_worker: dict[str | None, tuple[list[float], list[float]]] = {}
+    by_class: dict[str | None, tuple[list[float], list[float]]] = {}
     for e in runs:
         h = e.content_hash or e.id
         if h in (kb, ki):
-            b, i = by_worker.setdefault(e.worker, ([], []))
+            b, i = by_class.setdefault(e.hardware, ([], []))
             (b if h == kb else i).append(float(e.metric))
-    diffs, bs, is_ = [], [], []
-    for b, i in by_worker.values():
-        for x, y in zip(b, i):
-            diffs.append(x - y if goal == "minimize" else y - x)
-            bs.append(x)
-            is_.append(y)
-    if len(diffs) < 2:  # no two pairs on one worker: pair across workers, in time order
-        pooled_b = [x for b, _ in by_worker.values() for x in b]
-        pooled_i = [y for _, i in by_worker.values() for y in i]
-        if min(len(pooled_b), len(pooled_i)) < 2:
+    pairs = [(x, y) for b, i in by_class.values() for x, y in zip(b, i)]
+    if len(pairs) < 2:  # no two pairs on one class: pair across classes, in time order
+        pooled_b = [float(e.metric) for e in runs if (e.content_hash or e.id) == kb]
+        pooled_i = [float(e.metric) for e in runs if (e.content_hash or e.id) == ki]
+        pairs = list(zip(pooled_b, pooled_i))
+        if len(pairs) < 2:
             return None
-        diffs = [(x - y if goal == "minimize" else y - x) for x, y in zip(pooled_b, pooled_i)]
-        bs, is_ = pooled_b[:len(diffs)], pooled_i[:len(diffs)]
+    diffs = [(x - y if goal == "minimize" else y - x) for x, y in pairs]
+    bs, is_ = [x for x, _ in pairs], [y for _, y in pairs]
     n = len(diffs)
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
@@ -89,4 +86,5 @@ def confirmed_gain(experiments: list[Experiment], baseline: Experiment | dict[st
     p = float(stats.t.sf(mean / (sd / math.sqrt(n)), n - 1)) if sd > 0 else (0.0 if mean > 0 else 1.0)
     bmean = sum(bs) / n
     return {"abs": mean, "pct": 100.0 * mean / abs(bmean) if bmean else None, "ci": [mean - half, mean + half],
-            "n_pairs": n, "baseline_n": n, "incumbent_n": n, "baseline_mean": bmean, "incumbent_mean": sum(is_) / n, "p": p, "confidence": conf}
+            "n_pairs": n, "baseline_n": n, "incumbent_n": n, "baseline_mean": bmean,
+            "incumbent_mean": sum(is_) / n, "p": p, "confidence": conf}
