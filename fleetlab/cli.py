@@ -288,25 +288,33 @@ def cmd_results(a) -> int:
         if a.json:
             _print_json(recs)
             return 0
-        from rich import box
         from rich.table import Table
 
         # one line per experiment at any terminal width: the description is cut with an ellipsis, never wrapped
-        t = Table(title=f"{opened.project.metric} ({opened.project.goal})", box=box.SIMPLE_HEAD, pad_edge=False)
-        for col in ("id", opened.project.metric, "status", "role", "hw", "strategy"):
-            t.add_column(col, no_wrap=True, max_width=18 if col == "strategy" else None, overflow="ellipsis")
-        t.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
+        rows = []
         for r in recs:
-            color = {"keep": "green", "crash": "red"}.get(r["status"] or "", "")
             status = r["status"] or r["state"]  # queued / running / cancelled: no result yet
             if r["status"] and r["state"] not in ("done", r["status"]):
                 status += f" ({r['state']})"  # how it ended when that is not plain: pruned, timeout, no_metric
-            t.add_row(r["id"], fmt_metric(r["metric"]) + ("*" if r.get("metric_observed") else ""),
-                      f"[{color}]{status}[/]" if color else status, r["role"], r["hardware"] or "-",
-                      r["strategy"], r["description"])
+            rows.append((r["id"], fmt_metric(r["metric"]) + ("*" if r.get("metric_observed") else ""), status,
+                         r["role"], r["hardware"] or "-", r["strategy"][:18], r["description"]))
+        cols = ("id", opened.project.metric, "status", "role", "hw", "strategy")
+        widths = [max([len(col)] + [len(row[k]) for row in rows]) for k, col in enumerate(cols)]
+        console = _console()
+        # the short columns keep their width; the description takes what is left of the terminal (2 spaces a column)
+        room = max(12, console.width - sum(widths) - 2 * len(cols))
+        t = Table(title=f"{opened.project.metric} ({opened.project.goal})", box=None, padding=(0, 2, 0, 0),
+                  pad_edge=False, title_justify="left")
+        for col, w in zip(cols, widths):
+            t.add_column(col, no_wrap=True, min_width=w)
+        t.add_column("description", no_wrap=True)
+        for row in rows:
+            color = {"keep": "green", "crash": "red"}.get(row[2].split()[0], "")
+            desc = row[6] if len(row[6]) <= room else row[6][:room - 1] + "…"
+            t.add_row(*row[:2], f"[{color}]{row[2]}[/]" if color else row[2], *row[3:6], desc)
         if any(r.get("metric_observed") for r in recs):
             t.caption = "* the last value a pruned run showed"
-        _console().print(t)
+        console.print(t)
         return 0
     finally:
         opened.close()
