@@ -67,6 +67,13 @@ def test_random_session_end_to_end(mlp_project: Path):
 
     res = json.loads(fleetlab_cmd("results", "-C", str(mlp_project), "--json", check=True).stdout)
     assert [x["id"] for x in res] == [e.id for e in exps]
+    for width in (80, 160):  # one line per experiment at the terminal's width, ids and figures whole
+        table = fleetlab_cmd("results", "-C", str(mlp_project), env={"COLUMNS": str(width)}, check=True).stdout
+        rows = [ln for ln in table.splitlines() if ln.startswith("exp-")]
+        assert len(rows) == len(exps) and all(len(ln) <= width for ln in table.splitlines())
+        assert [ln.split()[0] for ln in rows] == [e.id for e in exps]
+        assert all(ln.split()[1].rstrip("*") == (f"{e.metric:.6f}" if e.metric is not None else "-")
+                   for ln, e in zip(rows, exps) if e.state.value != "pruned")
     show = fleetlab_cmd("show", exps[1].id, "-C", str(mlp_project), "--diff", check=True).stdout
     assert show.startswith("--- a/train.py")
     st = json.loads(fleetlab_cmd("status", "-C", str(mlp_project), "--json", check=True).stdout)
