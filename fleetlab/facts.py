@@ -31,7 +31,8 @@ from typing import Any, Iterable
 
 from fleetlab.experiment import Experiment, State, is_finite
 
-__all__ = ["Facts", "Row", "compute", "rows", "serving", "headline", "incumbent_path", "fmt", "MEASURE_ROLES",
+__all__ = ["Facts", "Row", "compute", "rows", "serving", "headline", "decision_parts", "ordered_decisions",
+           "incumbent_path", "fmt", "MEASURE_ROLES",
            "arm_stats", "gain_between", "is_finished"]
 
 MEASURE_ROLES = ("baseline", "replicate", "validate", "control", "confirm")  # fair draws of their code
@@ -463,12 +464,20 @@ def fmt(x: float | None, spec: str = ".6g") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def ordered_decisions(by_decision: dict[str, int]) -> list[tuple[str, int]]:
+    """`by_decision` in the order every surface lists it: keep, discard, pending, crash, then the measurement runs."""
+    return sorted(by_decision.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER else len(_ORDER))
+
+
+def decision_parts(by_decision: dict[str, int]) -> list[str]:
+    """"1 keep", "3 discard", ...: `by_decision` as the headline, `status` and `analyze` print it."""
+    return [f"{n} {k}" for k, n in ordered_decisions(by_decision)]
+
+
 def headline(f: Facts) -> list[str]:
     """The session in a few lines, the same on the run summary, quickstart, `status` and the report."""
     c = f.counts
-    dec = c["by_decision"]
-    parts = [f"{n} {k}" for k, n in sorted(dec.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER
-                                          else len(_ORDER))]
+    parts = decision_parts(c["by_decision"])
     lines = [f"session {f.tag or '-'}: {f.experiments} experiments finished"
              + (f" ({', '.join(parts)})" if parts else "")
              + (f"; {c['running']} running" if c["running"] else "")

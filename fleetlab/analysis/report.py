@@ -145,8 +145,10 @@ def render_analysis(a: dict[str, Any]) -> str:
     counts = a.get("counts") or {}
     dec = counts.get("by_decision", {})
     better = "lower" if a.get("goal") == "minimize" else "higher"
+    from fleetlab.facts import decision_parts
+
     lines = [f"session {a.get('session') or '-'}: {a.get('experiments', 0)} experiments finished "
-             f"({', '.join(f'{n} {s}' for s, n in sorted(dec.items())) or 'none'}); "
+             f"({', '.join(decision_parts(dec)) or 'none'}); "
              f"{a.get('metric')} ({better} is better)", ""]
     noise = a.get("noise", {})
     lines.append("Noise floor (σ from replicates, 95% interval)")

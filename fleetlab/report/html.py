@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from fleetlab.facts import Facts, Row, fmt
+from fleetlab.facts import Facts, Row, fmt, ordered_decisions
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -66,7 +66,7 @@ def _summary_table(f: Facts) -> str:
                         + (" — serving now" if f.serving else "")),
         _row("experiments (finished)", _cell("experiments", f.experiments)),
         _row("by decision", ", ".join(f"{_cell('counts.by_decision.' + k, v)} {escape(k)}"
-                                      for k, v in sorted(c["by_decision"].items())) or "—"),
+                                      for k, v in ordered_decisions(c["by_decision"])) or "—"),
         _row("by state", ", ".join(f"{_cell('counts.by_state.' + k, v)} {escape(k)}"
                                    for k, v in sorted(c["by_state"].items())) or "—"),
         _row("by role", ", ".join(f"{_cell('counts.by_role.' + k, v)} {escape(k)}"
