@@ -184,7 +184,9 @@ Then go back to 2.
   incumbent that moved while it was queued is recorded as an improvement of its parent, and its change is offered on
   top of the incumbent instead of being lost. `fleetlab show ID` says what it was compared with.
 - **Pruning** is on: a run whose progress shows it cannot beat the incumbent is stopped early (state `pruned`, the
-  bound in `reason`); runs of the incumbent's or baseline's code, controls, replicates and validation runs never are.
+  bound in `reason`), and only while the incumbent was measured within the last two run lengths (after a machine's
+  load changes, nothing is stopped until it is re-measured); runs of the incumbent's or baseline's code, controls,
+  replicates and validation runs never are.
   `fleetlab submit --no-prune` runs one submission to the end (a change that starts slow).
 - `keep` means the variant became the incumbent; the next `fleetlab checkout` starts from it.
 
