@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Confirmation"]
 
+LOOKAHEAD_RUNS = 16  # the most confirmation runs `early` plans for: further out it does not ask the rule
+
 
 class Confirmation:
     def __init__(self, scheduler: "Scheduler", mode: str | None):
         self.s, self.mode = scheduler, mode
         self.why: str | None = None  # why the session ends, once its confirmation runs are queued
         self.asked = False  # queued ahead of the time limit (`early`)
-        self.most = 16  # the most confirmation runs looked ahead for: beyond, `early` does not ask the rule
         self._key: tuple | None = None  # (incumbent, record length) the cached `_props` were asked for
         self._props: list = []
 
@@ -51,7 +52,7 @@ class Confirmation:
             return
         left = s.limits.max_hours * 3600 - s.accounting(busy=False)["elapsed_s"]
         workers = max(1, len(s.pool.workers))
-        if left > 1.2 * max(lengths) * math.ceil(self.most / workers):
+        if left > 1.2 * max(lengths) * math.ceil(LOOKAHEAD_RUNS / workers):
             return
         key = (s.ledger.incumbent.id if s.ledger.incumbent else None, len(s.ledger.order))
         if key != self._key:  # what the rule would queue changes only with the incumbent and the record

@@ -113,13 +113,19 @@ def test_a_pooled_arm_gives_one_decision():
     assert s.rule.meas.stat("base", "cpu").n == n_before
 
 
-def test_a_screened_arm_pools_a_duplicate_into_its_validation():
-    rng = random.Random(2)
+def _promoted(seed: int, key: str, value: float):
+    """A hand-fed session with its baseline measured and one candidate of code `key` promoted to validation."""
+    rng = random.Random(seed)
     s = Session()
     baseline(s, rng)
     base = next(iter(s.exps))
-    cand = s.queue("explore", "Z", parent=base)
-    assert s.finish(cand, 0.96).status == "pending"
+    cand = s.queue("explore", key, parent=base)
+    assert s.finish(cand, value).status == "pending"
+    return s, rng, base, cand
+
+
+def test_a_screened_arm_pools_a_duplicate_into_its_validation():
+    s, rng, base, cand = _promoted(2, "Z", 0.96)
     dup = s.run("explore", "Z", 0.96 + rng.gauss(0, 0.01), parent=base)  # identical code submitted meanwhile
     assert dup.status == "pending" and "pooled with its arm" in dup.reason
     for _ in range(3):
@@ -275,7 +281,7 @@ def test_a_step_in_throughput_is_seen_where_a_line_misses_it_and_noise_is_not():
 
     steps = [31, 34, 49, 49, 47, 47]
     exps = arm(steps, [2.715, 2.679, 2.527, 2.520, 2.547, 2.548])
-    b, se, sd = _slope([(e.started_at, e.extras["num_steps"]) for e in exps])
+    b, se, _ = _slope([(e.started_at, e.extras["num_steps"]) for e in exps])
     assert abs(b * 213) < 2.5 * se * 213  # the line alone does not call it
     warn = drift_warnings(exps, "minimize", baseline_id="exp-0001")
     assert any(w.startswith("throughput drifted") and "in a step" in w for w in warn), warn
@@ -484,12 +490,7 @@ def test_a_validation_run_stopped_with_its_session_is_run_again_not_counted_fail
     """Ctrl-C while a candidate is validated cancels its runs; on resume the rule is replayed. A cancelled run says
     nothing about the code: it is replaced by one more run, and the verdict waits for R real ones (it used to count
     as failed, and a candidate whose validation runs were all stopped was discarded)."""
-    rng = random.Random(7)
-    s = Session()
-    baseline(s, rng)
-    base = next(iter(s.exps))
-    c = s.queue("explore", "C", parent=base)
-    assert s.finish(c, 0.95).status == "pending"
+    s, rng, base, c = _promoted(7, "C", 0.95)
     val = [p for p in s.props if p.role == "validate"]
     assert len(val) == 1 and val[0].replicates == 3
     runs = [s.queue("validate", "C", parent=c.id) for _ in range(3)]

@@ -25,6 +25,7 @@ throughput by more than their noise floor, and by how much.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -121,12 +122,17 @@ class Timeline:
         return self._reach.get(hardware, 0.0)
 
 
-def _t995(df: int, _cache: dict[int, float] = {}) -> float:
-    if df not in _cache:
-        from scipy import stats
+def _t995(df: int) -> float:
+    return _t_crit(0.01, df)
 
-        _cache[df] = float(stats.t.ppf(0.995, max(1, df)))
-    return _cache[df]
+
+@functools.lru_cache(maxsize=256)
+def _t_crit(level: float, df: int) -> float:
+    """Student's t beyond which a two-sided test at `level` rejects, on `df` degrees of freedom (cached: facts are
+    recomputed on every `status` and dashboard poll)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(1 - level / 2, max(1, df)))
 
 
 def clamp(dt: float, reach: float | None) -> float:
@@ -224,25 +230,25 @@ def _moved(points: list[tuple[float, float]], level: float = 0.01
     """(change over the span, its se, noise floor, moved, kind, the level it moved from) of the line or the step
     that explains the points better; None under 4 points. Moved: |change| exceeds the noise floor and Student's t
     (n − 2 degrees of freedom: a handful of re-runs) is beyond the two-sided `level`; a step, the best of several
-    splits, divides `level` among the splits tried."""
-    from scipy import stats
+    splits, divides `level` among the splits tried. The step is fitted only when the line does not call it."""
+    def significant(change: float, se: float, sd: float, crit: float) -> bool:
+        return abs(change) > sd and (se == 0 or abs(change) / se > crit)
 
-    line = _slope(points)
-    step = _step(points)
     df = len(points) - 2
     out = None
+    line = _slope(points)
     if line:
-        span = max(t for t, _ in points) - min(t for t, _ in points)
+        ts = [t for t, _ in points]
+        t0, span = min(ts), max(ts) - min(ts)
+        mt, my = sum(ts) / len(points), sum(y for _, y in points) / len(points)
         change, se, sd = line[0] * span, line[1] * span, line[2]
-        t0 = min(t for t, _ in points)
-        mt, my = (sum(t for t, _ in points) / len(points), sum(y for _, y in points) / len(points))
-        crit = float(stats.t.ppf(1 - level / 2, df))
-        moved = abs(change) > sd and (se == 0 or abs(change) / se > crit)
-        out = (change, se, sd, moved, "trend", my - line[0] * (mt - t0))
-    if step and (out is None or not out[3]):
+        out = (change, se, sd, significant(change, se, sd, _t_crit(level, df)), "trend", my - line[0] * (mt - t0))
+        if out[3]:
+            return out
+    step = _step(points)
+    if step:
         change, se, sd, splits, start = step
-        crit = float(stats.t.ppf(1 - level / (2 * splits), df))
-        moved = abs(change) > sd and (se == 0 or abs(change) / se > crit)
+        moved = significant(change, se, sd, _t_crit(level / splits, df))
         if moved or out is None:
             out = (change, se, sd, moved, "step", start)
     return out
